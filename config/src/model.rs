@@ -1,5 +1,6 @@
 //! The validated configuration: what the rest of rota reads.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,6 +19,14 @@ pub const DEFAULT_BACKLOG: u32 = 4096;
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(15);
 /// Azure's probe timeout: no success for this long takes an instance out.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(31);
+/// Deadline of one probe attempt, unless four fifths of the interval is shorter.
+pub const DEFAULT_PROBE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Successes in a row that bring an instance back.
+pub const DEFAULT_PROBE_RISE: u32 = 1;
+/// Path requested by `http` and `https` probes.
+pub const DEFAULT_PROBE_PATH: &str = "/";
+/// Relative share of a backend.
+pub const DEFAULT_BACKEND_WEIGHT: u32 = 1;
 /// Azure's smallest allowed probe interval; shorter ones draw a warning.
 pub const AZURE_MIN_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a shutdown waits for live connections before closing them.
@@ -38,11 +47,32 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
 }
 
+impl Config {
+    /// The pool called `name`, if there is one.
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|pool| pool.name == name)
+    }
+
+    /// The endpoint called `name`, if there is one.
+    pub fn endpoint(&self, name: &str) -> Option<&EndpointConfig> {
+        self.endpoints.iter().find(|endpoint| endpoint.name == name)
+    }
+}
+
 /// `[admin]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     /// Default `127.0.0.1:9090`.
     pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    /// Loopback only: `127.0.0.1:9090`.
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
 }
 
 /// `[[endpoint]]`: an input endpoint, a public listener mapped to one pool.
@@ -71,9 +101,10 @@ pub struct EndpointConfig {
 }
 
 /// How an endpoint spreads new connections over its in-rotation instances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Distribution {
     /// `five-tuple`: hash of source IP and port, destination IP and port, protocol.
+    #[default]
     FiveTuple,
     /// `source-ip`: 2-tuple affinity (source IP, destination IP).
     SourceIp,
@@ -105,15 +136,51 @@ impl Distribution {
             Distribution::LeastConnections => "least-connections",
         }
     }
+
+    /// The mode spelled `name` in a config file, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|mode| mode.as_str() == name)
+    }
+}
+
+impl fmt::Display for Distribution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What an endpoint does when several instances exist and none is in rotation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum AllDown {
     /// `refuse`: close new connections at once (SPEC rotation rule 5).
+    #[default]
     Refuse,
     /// `fail-open`: spread new connections over every instance anyway.
     FailOpen,
+}
+
+impl AllDown {
+    /// Every behaviour, in documentation order.
+    pub const ALL: [AllDown; 2] = [AllDown::Refuse, AllDown::FailOpen];
+
+    /// The spelling used in config files and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllDown::Refuse => "refuse",
+            AllDown::FailOpen => "fail-open",
+        }
+    }
+
+    /// The behaviour spelled `name` in a config file, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|mode| mode.as_str() == name)
+    }
+}
+
+impl fmt::Display for AllDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `[endpoint.probe]`: a LoadBalancerProbe, or explicit guest-agent probe timing.
@@ -140,6 +207,32 @@ pub struct ProbeConfig {
     pub tls: TlsConfig,
 }
 
+impl ProbeConfig {
+    /// A `guest-agent` probe with every option at its default: Azure's
+    /// 15 s interval and 31 s timeout, the agent's own address, rise 1, no fall.
+    pub fn guest_agent_default() -> Self {
+        ProbeConfig {
+            protocol: ProbeProtocol::GuestAgent,
+            port: None,
+            path: DEFAULT_PROBE_PATH.to_string(),
+            interval: DEFAULT_PROBE_INTERVAL,
+            timeout: DEFAULT_PROBE_TIMEOUT,
+            attempt_timeout: default_attempt_timeout(DEFAULT_PROBE_INTERVAL),
+            rise: DEFAULT_PROBE_RISE,
+            fall: None,
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+/// The deadline of one probe attempt when the file sets none: the smaller of
+/// 5 s and four fifths of `interval`, so an attempt always ends before the next
+/// one is due.
+pub fn default_attempt_timeout(interval: Duration) -> Duration {
+    // Divide first: `interval * 4` could overflow for absurd intervals.
+    DEFAULT_PROBE_ATTEMPT_TIMEOUT.min(interval / 5 * 4)
+}
+
 /// Which kind of probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProbeProtocol {
@@ -154,6 +247,15 @@ pub enum ProbeProtocol {
 }
 
 impl ProbeProtocol {
+    /// Every protocol, in documentation order.
+    pub const ALL: [ProbeProtocol; 4] = [
+        ProbeProtocol::GuestAgent,
+        ProbeProtocol::Http,
+        ProbeProtocol::Https,
+        ProbeProtocol::Tcp,
+    ];
+
+    /// The spelling used in config files and the admin API.
     pub fn as_str(self) -> &'static str {
         match self {
             ProbeProtocol::GuestAgent => "guest-agent",
@@ -161,6 +263,22 @@ impl ProbeProtocol {
             ProbeProtocol::Https => "https",
             ProbeProtocol::Tcp => "tcp",
         }
+    }
+
+    /// The protocol spelled `name` in a config file, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|protocol| protocol.as_str() == name)
+    }
+
+    /// Whether the probe sends an HTTP request (and so uses `path`).
+    pub fn is_http(self) -> bool {
+        matches!(self, ProbeProtocol::Http | ProbeProtocol::Https)
+    }
+}
+
+impl fmt::Display for ProbeProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -1,0 +1,244 @@
+//! One endpoint's pool as an immutable snapshot: members, their rotation state and the selection table.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rota_config::Distribution;
+
+use crate::maglev::{mix64, Maglev};
+use crate::metrics::MemberMetrics;
+
+/// One instance as an endpoint sees it. Shared by every snapshot it appears in
+/// and by the connections it carries, so its counters outlive a rotation change.
+pub struct Member {
+    pub name: Arc<str>,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub metrics: MemberMetrics,
+}
+
+impl Member {
+    /// Live connections to this instance.
+    #[inline]
+    pub fn active(&self) -> i64 {
+        self.metrics.active.get()
+    }
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// What the operator asked for an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    Enabled,
+    Drained,
+}
+
+/// What the health input last said of an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthState {
+    /// Nothing probes this instance: it counts as healthy.
+    Unprobed,
+    /// Probed, but no verdict yet: out of rotation until the first one.
+    Awaiting,
+    Healthy,
+    Unhealthy,
+}
+
+/// The latest health report for an instance, kept for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub state: HealthState,
+    /// Probe kind, e.g. `http` or `guest-agent`; empty when unprobed.
+    pub kind: String,
+    /// The last attempt's result, e.g. `http 503` or `timeout after 2s`.
+    pub last_result: String,
+    pub last_success: Option<SystemTime>,
+}
+
+impl Health {
+    pub fn unprobed() -> Health {
+        Health { state: HealthState::Unprobed, kind: String::new(), last_result: String::new(), last_success: None }
+    }
+
+    pub fn awaiting(kind: &str) -> Health {
+        Health {
+            state: HealthState::Awaiting,
+            kind: kind.to_owned(),
+            last_result: String::new(),
+            last_success: None,
+        }
+    }
+}
+
+/// A rotation change, kept per instance for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub at: SystemTime,
+    pub in_rotation: bool,
+    pub reason: String,
+}
+
+/// One member's full state in a snapshot.
+#[derive(Debug, Clone)]
+pub struct MemberView {
+    pub member: Arc<Member>,
+    pub admin: AdminState,
+    pub health: Health,
+    pub in_rotation: bool,
+    /// Why it is (or is not) in rotation, in words.
+    pub reason: String,
+}
+
+/// The immutable state of one endpoint's pool. A change builds a new one and
+/// swaps it in whole, so the accept path never sees members and table disagree.
+#[derive(Debug)]
+pub struct PoolSnapshot {
+    /// Every current member, in join order.
+    pub members: Vec<MemberView>,
+    /// Removed members still carrying connections (drained, not cut).
+    pub leaving: Vec<Arc<Member>>,
+    /// Who gets new connections now: the in-rotation members, or under
+    /// fail-open every member when none is in rotation.
+    candidates: Box<[Arc<Member>]>,
+    /// Maglev table over `candidates` (hash modes).
+    table: Maglev,
+    /// Weighted round-robin ring of indexes into `candidates`.
+    ring: Box<[u32]>,
+    /// True when fail-open is what put the candidates there.
+    pub failing_open: bool,
+}
+
+/// The addresses a flow is hashed on. Only TCP is proxied, so the protocol is implicit.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+}
+
+const TCP: u64 = 6;
+
+impl Flow {
+    #[inline]
+    pub fn hash(&self, mode: Distribution) -> u64 {
+        let src = fold_ip(self.source.ip());
+        let dst = fold_ip(self.destination.ip());
+        match mode {
+            Distribution::SourceIp => mix64(src ^ mix64(dst)),
+            Distribution::SourceIpProtocol => mix64(src ^ mix64(dst ^ (TCP << 56))),
+            // Round robin and least connections do not hash; five-tuple is the default.
+            _ => {
+                let ports = (u64::from(self.source.port()) << 16) | u64::from(self.destination.port());
+                mix64(src ^ mix64(dst ^ mix64(ports | (TCP << 32))))
+            }
+        }
+    }
+}
+
+#[inline]
+fn fold_ip(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let b = u128::from(v6);
+            mix64(b as u64) ^ ((b >> 64) as u64)
+        }
+    }
+}
+
+impl PoolSnapshot {
+    /// Builds a snapshot; `candidates` are derived from `members` here, in one place.
+    pub fn build(members: Vec<MemberView>, leaving: Vec<Arc<Member>>, fail_open: bool) -> PoolSnapshot {
+        let mut candidates: Vec<Arc<Member>> =
+            members.iter().filter(|m| m.in_rotation).map(|m| m.member.clone()).collect();
+        let mut failing_open = false;
+        if candidates.is_empty() && fail_open {
+            candidates = members.iter().map(|m| m.member.clone()).collect();
+            failing_open = !candidates.is_empty();
+        }
+        let table = Maglev::build(candidates.iter().map(|m| (&*m.name, m.weight)));
+        let mut ring = Vec::new();
+        // Interleave weights (a, b, a, b, b, …) rather than blocks, so a heavy
+        // member's share is spread over the ring.
+        let max_w = candidates.iter().map(|m| m.weight).max().unwrap_or(0);
+        for round in 0..max_w {
+            for (i, m) in candidates.iter().enumerate() {
+                if m.weight > round {
+                    ring.push(i as u32);
+                }
+            }
+        }
+        PoolSnapshot {
+            members,
+            leaving,
+            candidates: candidates.into_boxed_slice(),
+            table,
+            ring: ring.into_boxed_slice(),
+            failing_open,
+        }
+    }
+
+    /// An empty pool.
+    pub fn empty() -> PoolSnapshot {
+        PoolSnapshot::build(Vec::new(), Vec::new(), false)
+    }
+
+    /// Members that may receive new connections, in the order retries walk them.
+    #[inline]
+    pub fn candidates(&self) -> &[Arc<Member>] {
+        &self.candidates
+    }
+
+    /// Picks the first candidate for a new connection; `None` means refuse.
+    /// Retries walk on from the returned index (`(i + k) % len`).
+    #[inline]
+    pub fn pick(&self, mode: Distribution, flow: &Flow, turn: &AtomicUsize) -> Option<usize> {
+        let n = self.candidates.len();
+        if n == 0 {
+            return None;
+        }
+        if n == 1 {
+            return Some(0);
+        }
+        match mode {
+            Distribution::FiveTuple | Distribution::SourceIp | Distribution::SourceIpProtocol => {
+                self.table.lookup(flow.hash(mode)).map(|i| i as usize)
+            }
+            Distribution::RoundRobin => {
+                let t = turn.fetch_add(1, Ordering::Relaxed);
+                Some(self.ring[t % self.ring.len()] as usize)
+            }
+            Distribution::LeastConnections => {
+                // Fewest live connections per unit of weight; ties go round the
+                // pool from a moving start so equal members share the load.
+                let start = turn.fetch_add(1, Ordering::Relaxed) % n;
+                let mut best = start;
+                let mut best_load = u64::MAX;
+                for k in 0..n {
+                    let i = (start + k) % n;
+                    let m = &self.candidates[i];
+                    let load = (m.active().max(0) as u64 * 1_000) / u64::from(m.weight.max(1));
+                    if load < best_load {
+                        best_load = load;
+                        best = i;
+                    }
+                }
+                Some(best)
+            }
+        }
+    }
+
+    /// The member view by instance name.
+    pub fn member(&self, name: &str) -> Option<&MemberView> {
+        self.members.iter().find(|m| &*m.member.name == name)
+    }
+}

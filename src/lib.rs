@@ -1,0 +1,151 @@
+//! The `rota` binary's wiring: config in, balancer, probes and admin API up,
+//! static pools joined, and one shutdown for all of it.
+//!
+//! `main` parses arguments and calls [`run`]; tests call [`Rota::start`] on
+//! port 0 and read the bound addresses back.
+//!
+//! # Layout
+//!
+//! - [`demo`]: the no-argument demo: built-in web instances behind a balancer.
+#![forbid(unsafe_code)]
+
+pub mod demo;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rota_config::{BackendConfig, Config, EndpointConfig};
+use rota_lb::admin::{self, AdminState};
+use rota_lb::{Balancer, Rotation, RotationInput};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// A running rota: balancer, admin API and control tasks.
+pub struct Rota {
+    balancer: Balancer,
+    admin_addr: SocketAddr,
+    control: CancellationToken,
+    /// Stops the control tasks when a `Rota` is dropped without a shutdown.
+    _control_guard: tokio_util::sync::DropGuard,
+    grace: Duration,
+}
+
+impl Rota {
+    /// Starts everything `config` describes. Call from within a tokio runtime:
+    /// the control plane (admin API, probes) runs on it, the data plane on its
+    /// own worker threads.
+    pub async fn start(config: Config) -> anyhow::Result<Rota> {
+        let registry = prometheus::Registry::new();
+        let workers = config.workers.unwrap_or_else(default_workers);
+        let balancer = Balancer::start(&config, &registry, workers)?;
+        let control = CancellationToken::new();
+
+        for endpoint in &config.endpoints {
+            let pool = config
+                .pools
+                .iter()
+                .find(|p| p.name == endpoint.pool)
+                .with_context(|| format!("endpoint {} names no known pool {:?}", endpoint.name, endpoint.pool))?;
+            for backend in &pool.backends {
+                balancer.rotation().apply(join_input(endpoint, backend))?;
+            }
+        }
+
+        let admin_listener = admin::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("admin API: cannot listen on {}", config.admin.listen))?;
+        let admin_addr = admin_listener.local_addr()?;
+        let state = AdminState {
+            rotation: balancer.rotation().clone(),
+            endpoints: balancer.endpoints().to_vec(),
+            registry: registry.clone(),
+            extensions: Vec::new(),
+        };
+        tokio::spawn(admin::serve(admin_listener, state, control.clone()));
+        tokio::spawn(tidy(balancer.rotation().clone(), control.clone()));
+        info!(admin = %admin_addr, "admin API and /metrics listening");
+        let _control_guard = control.clone().drop_guard();
+        Ok(Rota { balancer, admin_addr, control, _control_guard, grace: config.shutdown_grace })
+    }
+
+    /// The bound address of an endpoint (port 0 resolved).
+    pub fn endpoint_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.balancer.endpoint(name).map(|e| e.listen)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn rotation(&self) -> &Arc<Rotation> {
+        self.balancer.rotation()
+    }
+
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    /// Stops accepting, lets live connections finish within the configured
+    /// grace, then stops the rest. Returns true when nothing had to be cut.
+    pub async fn shutdown(self) -> bool {
+        let grace = self.grace;
+        self.shutdown_within(grace).await
+    }
+
+    /// [`Rota::shutdown`] with an explicit grace period.
+    pub async fn shutdown_within(self, grace: Duration) -> bool {
+        info!(live_connections = self.balancer.active_connections(), ?grace, "shutting down: no new connections");
+        let drained = self.balancer.shutdown(grace).await;
+        self.control.cancel();
+        drained
+    }
+}
+
+/// Runs `config` until `shutdown` fires, then drains.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let rota = Rota::start(config).await?;
+    shutdown.cancelled().await;
+    if rota.shutdown().await {
+        info!("every connection finished; bye");
+    }
+    Ok(())
+}
+
+/// One data-plane worker per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// A static backend joining an endpoint: its address with the endpoint's
+/// target port, probed by the endpoint's probe, else by its guest agent.
+fn join_input(endpoint: &EndpointConfig, backend: &BackendConfig) -> RotationInput {
+    let mut addr = backend.address;
+    if let Some(port) = endpoint.target_port {
+        addr.set_port(port);
+    }
+    let probe = match (&endpoint.probe, backend.agent) {
+        (Some(p), _) => Some(p.protocol.as_str().to_owned()),
+        (None, Some(_)) => Some("guest-agent".to_owned()),
+        (None, None) => None,
+    };
+    RotationInput::Join {
+        endpoint: endpoint.name.as_str().into(),
+        instance: backend.name.as_str().into(),
+        addr,
+        weight: backend.weight,
+        probe,
+    }
+}
+
+/// Forgets drained instances once their last connection closes.
+async fn tidy(rotation: Arc<Rotation>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => rotation.tidy(),
+        }
+    }
+}

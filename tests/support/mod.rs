@@ -1,0 +1,251 @@
+//! Test helpers: polling with a deadline, real backend servers on port 0, rota started from TOML.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long any test waits for a state before failing.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Polls `probe` until it returns `Ok`, failing after `DEADLINE` with the last `Err` it saw.
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(seen) => {
+                if tokio::time::Instant::now() >= deadline {
+                    panic!("timed out after {DEADLINE:?} waiting for {what}; last seen: {seen}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What a test backend does with a connection.
+#[derive(Clone)]
+pub enum Behaviour {
+    /// Echo every byte; at end of stream, shut down writing.
+    Echo,
+    /// Write `"<name>\n"` at once (a server that speaks first), then echo.
+    Greet(String),
+    /// Read to end of stream, then reply `"got <n>\n"` and close.
+    CountThenReply,
+    /// Write the payload, shut down writing, then count what the client still sends.
+    SpeakThenListen(Vec<u8>),
+    /// Accept and hold; record when the client side closes.
+    Hold,
+}
+
+/// A backend on 127.0.0.1:0 that stops when dropped.
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicUsize>,
+    /// Connections whose client side reached end of stream or failed.
+    pub closed: Arc<AtomicUsize>,
+    /// Byte counts seen after the server's own half-close (SpeakThenListen).
+    pub heard: Arc<Mutex<Vec<usize>>>,
+    stop: CancellationToken,
+}
+
+impl Backend {
+    pub async fn start(behaviour: Behaviour) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let addr = listener.local_addr().expect("backend addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (a, c, h, s) = (accepted.clone(), closed.clone(), heard.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    _ = s.cancelled() => break,
+                    r = listener.accept() => match r { Ok((st, _)) => st, Err(_) => continue },
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let (b, c, h, s) = (behaviour.clone(), c.clone(), h.clone(), s.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = s.cancelled() => {}
+                        _ = handle(b, stream, h) => {}
+                    }
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Backend { addr, accepted, closed, heard, stop }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn handle(b: Behaviour, mut s: TcpStream, heard: Arc<Mutex<Vec<usize>>>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    match b {
+        Behaviour::Echo | Behaviour::Greet(_) => {
+            if let Behaviour::Greet(name) = &b {
+                if s.write_all(format!("{name}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = s.shutdown().await;
+        }
+        Behaviour::CountThenReply => {
+            let mut total = 0;
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => total += n,
+                    Err(_) => return,
+                }
+            }
+            let _ = s.write_all(format!("got {total}\n").as_bytes()).await;
+            let _ = s.shutdown().await;
+        }
+        Behaviour::SpeakThenListen(payload) => {
+            if s.write_all(&payload).await.is_err() {
+                return;
+            }
+            let _ = s.shutdown().await;
+            let mut total = 0;
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => total += n,
+                    Err(_) => return,
+                }
+            }
+            heard.lock().unwrap().push(total);
+        }
+        Behaviour::Hold => loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        },
+    }
+}
+
+/// A free loopback port: bound, read back, released. Only for tools that
+/// cannot take port 0 themselves (nginx); a small race is accepted there.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts rota from TOML text (admin on port 0 unless the text sets it).
+pub async fn start_rota(toml: &str) -> rota::Rota {
+    let loaded = rota_config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{toml}"));
+    rota::Rota::start(loaded.config).await.expect("rota starts")
+}
+
+/// A `[[pool]]` block for the given backends, named `<pool>-<i>`.
+pub fn pool_toml(pool: &str, addrs: &[SocketAddr]) -> String {
+    let mut s = format!("[[pool]]\nname = \"{pool}\"\n");
+    for (i, a) in addrs.iter().enumerate() {
+        s.push_str(&format!("[[pool.backend]]\nname = \"{pool}-{i}\"\naddress = \"{a}\"\n"));
+    }
+    s
+}
+
+/// An endpoint on 127.0.0.1:0 over pool `web`, with extra settings lines.
+pub fn endpoint_toml(extra: &str) -> String {
+    format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n[[endpoint]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"web\"\n{extra}\n")
+}
+
+/// Connects and reads the greeting line of a `Greet` backend.
+pub async fn greeted(addr: SocketAddr) -> io::Result<(String, TcpStream)> {
+    let mut s = TcpStream::connect(addr).await?;
+    let line = read_line(&mut s).await?;
+    Ok((line, s))
+}
+
+/// Connects from a chosen loopback source address (port 0), reads the greeting.
+pub async fn greeted_from(source: std::net::IpAddr, addr: SocketAddr) -> io::Result<String> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let mut s = socket.connect(addr).await?;
+    read_line(&mut s).await
+}
+
+pub async fn read_line(s: &mut TcpStream) -> io::Result<String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match tokio::time::timeout(DEADLINE, s.read(&mut b)).await {
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "no greeting")),
+            Ok(Ok(0)) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("eof after {line:?}"))),
+            Ok(Ok(_)) if b[0] == b'\n' => return Ok(String::from_utf8_lossy(&line).into_owned()),
+            Ok(Ok(_)) => line.push(b[0]),
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+/// A plain HTTP/1.1 request to the admin API; returns status and body.
+pub async fn http(method: &str, addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect admin");
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("send request");
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut out)).await.expect("admin answers").expect("read");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// The admin API's JSON for every endpoint.
+pub async fn endpoints_json(admin: SocketAddr) -> serde_json::Value {
+    let (status, body) = http("GET", admin, "/api/v1/endpoints").await;
+    assert_eq!(status, 200, "GET /api/v1/endpoints: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("admin JSON: {e}: {body}"))
+}
+
+/// One instance's JSON from the admin API.
+pub async fn instance_json(admin: SocketAddr, endpoint: &str, instance: &str) -> serde_json::Value {
+    let all = endpoints_json(admin).await;
+    all["endpoints"]
+        .as_array()
+        .and_then(|eps| eps.iter().find(|e| e["name"] == endpoint))
+        .and_then(|e| e["instances"].as_array())
+        .and_then(|is| is.iter().find(|i| i["name"] == instance))
+        .cloned()
+        .unwrap_or_else(|| panic!("no instance {instance} on {endpoint} in {all}"))
+}
