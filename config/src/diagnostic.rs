@@ -113,9 +113,17 @@ impl<'a> SourceMap<'a> {
 }
 
 /// The candidate closest in spelling to `word`, if it is close enough to be a
-/// plausible typo (at most two edits, and fewer than half of the letters).
-pub(crate) fn closest<'c>(word: &str, candidates: impl Iterator<Item = &'c str>) -> Option<&'c str> {
-    let limit = 2.min(word.chars().count().saturating_sub(1) / 2 + 1);
+/// plausible typo: one edit for words of three to five letters, two for
+/// longer ones, none for shorter ones (everything is close to "a").
+pub(crate) fn closest<'c>(
+    word: &str,
+    candidates: impl Iterator<Item = &'c str>,
+) -> Option<&'c str> {
+    let limit = match word.chars().count() {
+        0..=2 => return None,
+        3..=5 => 1,
+        _ => 2,
+    };
     candidates
         .map(|candidate| (edit_distance(word, candidate), candidate))
         .filter(|(distance, _)| *distance <= limit)
@@ -197,5 +205,6 @@ mod tests {
         assert_eq!(closest("pol", fields.into_iter()), Some("pool"));
         assert_eq!(closest("weight", fields.into_iter()), None);
         assert_eq!(closest("x", fields.into_iter()), None);
+        assert_eq!(closest("a", ["b"].into_iter()), None);
     }
 }

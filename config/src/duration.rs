@@ -50,9 +50,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
         if unit.is_empty() {
             return Err(match after.chars().next() {
-                None if last_unit.is_none() => {
-                    fail(&format!("the unit is missing: write \"{digits}s\" for seconds"))
-                }
+                None if last_unit.is_none() => fail(&format!(
+                    "the unit is missing: write \"{digits}s\" for seconds"
+                )),
                 None => fail("the last number has no unit"),
                 Some('.') => fail("use whole numbers, for example \"1500ms\" instead of \"1.5s\""),
                 Some(' ') => fail("remove the spaces"),
@@ -122,7 +122,10 @@ mod tests {
     #[test]
     fn accepts_combinations() {
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h2m3s4ms"), Ok(Duration::from_millis(3_723_004)));
+        assert_eq!(
+            parse_duration("1h2m3s4ms"),
+            Ok(Duration::from_millis(3_723_004))
+        );
         assert_eq!(parse_duration("2s500ms"), Ok(Duration::from_millis(2500)));
     }
 

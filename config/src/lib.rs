@@ -17,6 +17,7 @@
 //! - `raw`: the file as serde reads it, every value with its position.
 //! - `locate`: recovering the dotted path of a setting from a position.
 //! - `validate`: every rule, turning the raw file into a [`Config`].
+//! - `tests` (test builds only): the public API against good and bad files.
 
 use std::path::Path;
 

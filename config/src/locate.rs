@@ -143,9 +143,13 @@ mod tests {
 
     #[test]
     fn names_keys_in_arrays_of_tables() {
-        let source = "[[pool]]\nname = \"a\"\n[[pool]]\nname = \"b\"\n[[pool.backend]]\nadress = 1\n";
+        let source =
+            "[[pool]]\nname = \"a\"\n[[pool]]\nname = \"b\"\n[[pool.backend]]\nadress = 1\n";
         let at = span_of(source, "adress");
-        assert_eq!(field_at(source, &at).as_deref(), Some("pool[1].backend[0].adress"));
+        assert_eq!(
+            field_at(source, &at).as_deref(),
+            Some("pool[1].backend[0].adress")
+        );
     }
 
     #[test]

@@ -267,7 +267,9 @@ impl ProbeProtocol {
 
     /// The protocol spelled `name` in a config file, if any.
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|protocol| protocol.as_str() == name)
+        Self::ALL
+            .into_iter()
+            .find(|protocol| protocol.as_str() == name)
     }
 
     /// Whether the probe sends an HTTP request (and so uses `path`).

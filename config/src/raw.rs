@@ -268,7 +268,10 @@ mod tests {
     #[test]
     fn rewords_type_errors() {
         assert_eq!(
-            reword("invalid type: integer `5`, expected struct RawProbe", "endpoint[0].probe"),
+            reword(
+                "invalid type: integer `5`, expected struct RawProbe",
+                "endpoint[0].probe"
+            ),
             "expected a table, found an integer 5"
         );
         assert_eq!(

@@ -20,6 +20,8 @@ use crate::Loaded;
 
 /// No duration setting may exceed this: it keeps later `Instant` arithmetic safe.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// The shortest duration a file can write; "at least this" means "more than zero".
+const POSITIVE: Duration = Duration::from_millis(1);
 /// The shortest idle timeout accepted (short ones are handy in tests).
 const MIN_IDLE_TIMEOUT: Duration = Duration::from_millis(100);
 const MAX_NAME_LEN: usize = 64;
@@ -162,7 +164,11 @@ impl Checker<'_> {
         match item.get_ref() {
             Value::Integer(number) if range.contains(number) => Some(*number),
             Value::Integer(number) => {
-                self.error(&item.span(), field, format!("expected {expected}, found {number}"));
+                self.error(
+                    &item.span(),
+                    field,
+                    format!("expected {expected}, found {number}"),
+                );
                 None
             }
             other => {
@@ -173,7 +179,13 @@ impl Checker<'_> {
         }
     }
 
-    fn u32_in(&mut self, item: &Item, field: &str, range: RangeInclusive<i64>, what: &str) -> Option<u32> {
+    fn u32_in(
+        &mut self,
+        item: &Item,
+        field: &str,
+        range: RangeInclusive<i64>,
+        what: &str,
+    ) -> Option<u32> {
         self.integer(item, field, range, what)
             .and_then(|number| u32::try_from(number).ok())
     }
@@ -225,7 +237,7 @@ impl Checker<'_> {
         if duration >= min {
             return Some(duration);
         }
-        let expected = if min == Duration::from_millis(1) {
+        let expected = if min == POSITIVE {
             format!("{what} longer than 0s")
         } else {
             format!("{what} of at least {}", format_duration(min))
@@ -253,13 +265,15 @@ impl Checker<'_> {
 
     /// A name made of `[A-Za-z0-9_.-]`, 1 to 64 characters long.
     fn name(&mut self, item: &Item, field: &str, what: &str) -> Option<String> {
-        let expected = format!(
-            r#"{what} of 1 to {MAX_NAME_LEN} letters, digits, "_", "." or "-""#
-        );
+        let expected = format!(r#"{what} of 1 to {MAX_NAME_LEN} letters, digits, "_", "." or "-""#);
         let text = self.string(item, field, &expected)?;
         let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
         if text.is_empty() || text.len() > MAX_NAME_LEN || !text.chars().all(allowed) {
-            self.error(&item.span(), field, format!("expected {expected}, found {text:?}"));
+            self.error(
+                &item.span(),
+                field,
+                format!("expected {expected}, found {text:?}"),
+            );
             return None;
         }
         Some(text.to_string())
@@ -286,7 +300,11 @@ impl Checker<'_> {
         let hint = closest(text, names)
             .map(|name| format!(" (did you mean {name:?}?)"))
             .unwrap_or_default();
-        self.error(&item.span(), field, format!("expected {expected}, found {text:?}{hint}"));
+        self.error(
+            &item.span(),
+            field,
+            format!("expected {expected}, found {text:?}{hint}"),
+        );
         None
     }
 
@@ -387,12 +405,18 @@ impl Checker<'_> {
         }
         if listen == admin {
             let message = format!(
-                "expected a listen address not used by the admin API, found {:?} (admin.listen is {admin})",
+                "expected a listen address not used by the admin API, found {:?} (the admin API listens there)",
                 listen.to_string()
             );
             self.error(&item.span(), field, message);
         }
-        self.unique(seen, listen.to_string(), &item.span(), field, "listen address");
+        self.unique(
+            seen,
+            listen.to_string(),
+            &item.span(),
+            field,
+            "listen address",
+        );
     }
 
     fn endpoint(
@@ -409,10 +433,20 @@ impl Checker<'_> {
         let name = name_item.and_then(|item| self.name(item, &field("name"), "an endpoint name"));
         if let (Some(name), Some(item)) = (&name, name_item) {
             let what = "endpoint name";
-            self.unique(&mut seen.names, name.clone(), &item.span(), &field("name"), what);
+            self.unique(
+                &mut seen.names,
+                name.clone(),
+                &item.span(),
+                &field("name"),
+                what,
+            );
         }
-        let listen_item =
-            self.required(raw.listen.as_ref(), table, &field("listen"), "a listen address");
+        let listen_item = self.required(
+            raw.listen.as_ref(),
+            table,
+            &field("listen"),
+            "a listen address",
+        );
         let listen = listen_item.and_then(|item| self.socket_addr(item, &field("listen")));
         if let (Some(listen), Some(item)) = (listen, listen_item) {
             let admin = seen.admin;
@@ -430,14 +464,24 @@ impl Checker<'_> {
             .distribution
             .as_ref()
             .and_then(|item| {
-                self.choice(item, &field("distribution"), &Distribution::ALL, Distribution::as_str)
+                self.choice(
+                    item,
+                    &field("distribution"),
+                    &Distribution::ALL,
+                    Distribution::as_str,
+                )
             })
             .unwrap_or_default();
         let idle_timeout = raw
             .idle_timeout
             .as_ref()
             .and_then(|item| {
-                self.duration_at_least(item, &field("idle_timeout"), MIN_IDLE_TIMEOUT, "an idle timeout")
+                self.duration_at_least(
+                    item,
+                    &field("idle_timeout"),
+                    MIN_IDLE_TIMEOUT,
+                    "an idle timeout",
+                )
             })
             .unwrap_or(DEFAULT_IDLE_TIMEOUT);
         let connect_timeout = raw
@@ -447,7 +491,7 @@ impl Checker<'_> {
                 self.duration_at_least(
                     item,
                     &field("connect_timeout"),
-                    Duration::from_millis(1),
+                    POSITIVE,
                     "a connect timeout",
                 )
             })
@@ -530,9 +574,17 @@ impl Checker<'_> {
                 r#"one of "guest-agent", "http", "https", "tcp""#,
             )
             .and_then(|item| {
-                self.choice(item, &field("protocol"), &ProbeProtocol::ALL, ProbeProtocol::as_str)
+                self.choice(
+                    item,
+                    &field("protocol"),
+                    &ProbeProtocol::ALL,
+                    ProbeProtocol::as_str,
+                )
             });
-        let port = raw.port.as_ref().and_then(|item| self.port(item, &field("port")));
+        let port = raw
+            .port
+            .as_ref()
+            .and_then(|item| self.port(item, &field("port")));
 
         let mut path = DEFAULT_PROBE_PATH.to_string();
         if let Some(item) = &raw.path {
@@ -618,8 +670,7 @@ impl Checker<'_> {
         let Some(item) = &raw.interval else {
             return DEFAULT_PROBE_INTERVAL;
         };
-        let Some(interval) =
-            self.duration_at_least(item, field, Duration::from_millis(1), "a probe interval")
+        let Some(interval) = self.duration_at_least(item, field, POSITIVE, "a probe interval")
         else {
             return DEFAULT_PROBE_INTERVAL;
         };
@@ -750,7 +801,13 @@ impl Checker<'_> {
             if let (Some(address), Some(item)) = (address, &backend.get_ref().address) {
                 let field = format!("{field}.address");
                 let what = "backend address within the pool";
-                self.unique(&mut addresses, address.to_string(), &item.span(), &field, what);
+                self.unique(
+                    &mut addresses,
+                    address.to_string(),
+                    &item.span(),
+                    &field,
+                    what,
+                );
             }
             let rest = self.backend_options(backend.get_ref(), &field);
             if let (Some(name), Some(address)) = (name, address) {
@@ -782,7 +839,12 @@ impl Checker<'_> {
             .required(raw.name.as_ref(), table, &field("name"), "a backend name")
             .and_then(|item| self.name(item, &field("name"), "a backend name"));
         let address = self
-            .required(raw.address.as_ref(), table, &field("address"), "a socket address")
+            .required(
+                raw.address.as_ref(),
+                table,
+                &field("address"),
+                "a socket address",
+            )
             .and_then(|item| self.socket_addr(item, &field("address")));
         (name, address)
     }

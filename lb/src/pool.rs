@@ -116,6 +116,8 @@ pub struct PoolSnapshot {
     ring: Box<[u32]>,
     /// True when fail-open is what put the candidates there.
     pub failing_open: bool,
+    /// The Maglev table size, carried to the next snapshot.
+    table_size: usize,
 }
 
 /// The addresses a flow is hashed on. Only TCP is proxied, so the protocol is implicit.
@@ -156,8 +158,15 @@ fn fold_ip(ip: IpAddr) -> u64 {
 }
 
 impl PoolSnapshot {
-    /// Builds a snapshot; `candidates` are derived from `members` here, in one place.
-    pub fn build(members: Vec<MemberView>, leaving: Vec<Arc<Member>>, fail_open: bool) -> PoolSnapshot {
+    /// Builds a snapshot; `candidates` are derived from `members` here, in one
+    /// place. `table_size` is the previous snapshot's, so that the Maglev table
+    /// keeps its size (and flows their instance) across rotation changes.
+    pub fn build(
+        members: Vec<MemberView>,
+        leaving: Vec<Arc<Member>>,
+        fail_open: bool,
+        table_size: usize,
+    ) -> PoolSnapshot {
         let mut candidates: Vec<Arc<Member>> =
             members.iter().filter(|m| m.in_rotation).map(|m| m.member.clone()).collect();
         let mut failing_open = false;
@@ -165,7 +174,9 @@ impl PoolSnapshot {
             candidates = members.iter().map(|m| m.member.clone()).collect();
             failing_open = !candidates.is_empty();
         }
-        let table = Maglev::build(candidates.iter().map(|m| (&*m.name, m.weight)));
+        let total_weight: usize = members.iter().map(|m| m.member.weight.max(1) as usize).sum();
+        let table_size = Maglev::size_for(total_weight, table_size);
+        let table = Maglev::build(candidates.iter().map(|m| (&*m.name, m.weight)), table_size);
         let mut ring = Vec::new();
         // Interleave weights (a, b, a, b, b, …) rather than blocks, so a heavy
         // member's share is spread over the ring.
@@ -184,12 +195,18 @@ impl PoolSnapshot {
             table,
             ring: ring.into_boxed_slice(),
             failing_open,
+            table_size,
         }
     }
 
     /// An empty pool.
     pub fn empty() -> PoolSnapshot {
-        PoolSnapshot::build(Vec::new(), Vec::new(), false)
+        PoolSnapshot::build(Vec::new(), Vec::new(), false, 0)
+    }
+
+    /// The Maglev table size in use; pass it to the next [`PoolSnapshot::build`].
+    pub fn table_size(&self) -> usize {
+        self.table_size
     }
 
     /// Members that may receive new connections, in the order retries walk them.

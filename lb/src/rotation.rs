@@ -279,7 +279,8 @@ impl Rotation {
                 reason,
             });
         }
-        let snapshot = PoolSnapshot::build(views, es.leaving.clone(), ep.fail_open);
+        let table_size = ep.pool.load().table_size();
+        let snapshot = PoolSnapshot::build(views, es.leaving.clone(), ep.fail_open, table_size);
         if snapshot.candidates().is_empty() && !snapshot.members.is_empty() {
             warn!(endpoint = %ep.name, members = snapshot.members.len(), "no instance in rotation: new connections are refused");
         }

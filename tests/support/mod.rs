@@ -249,3 +249,223 @@ pub async fn instance_json(admin: SocketAddr, endpoint: &str, instance: &str) ->
         .cloned()
         .unwrap_or_else(|| panic!("no instance {instance} on {endpoint} in {all}"))
 }
+
+/// The `rota` binary run as a child process; killed when dropped.
+pub struct RotaProcess {
+    pub child: std::process::Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl RotaProcess {
+    pub fn spawn(args: &[&str]) -> RotaProcess {
+        use std::io::Read;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rota"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rota");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        for (pipe, sink) in [
+            (Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, stdout.clone()),
+            (Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>, stderr.clone()),
+        ] {
+            std::thread::spawn(move || {
+                let mut pipe = pipe;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        RotaProcess { child, stdout, stderr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        // Log lines may carry ANSI colour codes; strip them for matching.
+        strip_ansi(&self.stderr.lock().unwrap())
+    }
+
+    /// Waits for a log line containing `needle` and returns the value after `key=` on it.
+    pub async fn log_value(&self, needle: &str, key: &str) -> String {
+        eventually(&format!("a log line with {needle:?}"), || async {
+            let logs = self.stderr();
+            logs.lines()
+                .filter(|l| l.contains(needle))
+                .find_map(|l| {
+                    l.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}=")).map(|v| v.to_owned()))
+                })
+                .ok_or(logs)
+        })
+        .await
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn exit_code(&mut self) -> Option<i32> {
+        let mut last = None;
+        let code = eventually("rota to exit", || {
+            let r = self.child.try_wait();
+            last = Some(format!("{r:?}"));
+            async move {
+                match r {
+                    Ok(Some(status)) => Ok(status.code()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await;
+        let _ = last;
+        code
+    }
+}
+
+impl Drop for RotaProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A fresh folder under the system temp dir, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "rota-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("write temp file");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Checks that `text` is well-formed Prometheus text exposition format and
+/// returns its samples as (name with labels, value).
+pub fn parse_prometheus(text: &str) -> Result<Vec<(String, f64)>, String> {
+    let mut samples = Vec::new();
+    let mut typed: HashSet<String> = HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let kind = parts.next().unwrap_or("");
+            let name = parts.next().ok_or(format!("line {n}: comment without a metric name"))?;
+            if !valid_name(name) {
+                return Err(format!("line {n}: bad metric name {name:?}"));
+            }
+            match kind {
+                "HELP" => {}
+                "TYPE" => {
+                    let t = parts.next().unwrap_or("");
+                    if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&t) {
+                        return Err(format!("line {n}: bad type {t:?}"));
+                    }
+                    typed.insert(name.to_owned());
+                }
+                other => return Err(format!("line {n}: unknown comment {other:?}")),
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').ok_or(format!("line {n}: no value: {line:?}"))?;
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().map_err(|_| format!("line {n}: bad value {v:?}"))?,
+        };
+        let name = series.split('{').next().unwrap_or("");
+        if !valid_name(name) {
+            return Err(format!("line {n}: bad metric name {name:?}"));
+        }
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                let inner = labels
+                    .strip_prefix('{')
+                    .and_then(|l| l.strip_suffix('}'))
+                    .ok_or(format!("line {n}: bad label block {labels:?}"))?;
+                for pair in inner.split("\",").filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once('=').ok_or(format!("line {n}: bad label {pair:?}"))?;
+                    if !valid_name(k) || !v.starts_with('"') {
+                        return Err(format!("line {n}: bad label {pair:?}"));
+                    }
+                }
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
+        if !typed.contains(family) {
+            return Err(format!("line {n}: sample of {name} before its # TYPE line"));
+        }
+        samples.push((series.to_owned(), value));
+    }
+    Ok(samples)
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+use std::collections::HashSet;

@@ -1,0 +1,192 @@
+//! The `rota` binary as operators run it: check, signals and graceful shutdown, EMFILE recovery, the demo.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn config_for(backend: SocketAddr, extra_top: &str) -> String {
+    format!(
+        "{extra_top}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[endpoint]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"web\"\n\n[[pool]]\nname = \"web\"\n[[pool.backend]]\nname = \"web-0\"\naddress = \"{backend}\"\n"
+    )
+}
+
+async fn echo_roundtrip(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    s.write_all(msg).await?;
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut back)).await??;
+    assert_eq!(back, msg);
+    Ok(())
+}
+
+#[test]
+fn check_accepts_every_example_config() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_rota")).arg("check").arg(&path).output().unwrap();
+            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "only {checked} example configs found in {}", dir.display());
+}
+
+#[test]
+fn check_names_file_line_and_field_and_exits_non_zero() {
+    let dir = TempDir::new("check");
+    let bad = dir.write(
+        "bad.toml",
+        "[[endpoint]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\npool = \"web\"\ndistribution = \"random\"\n\n[[pool]]\nname = \"web\"\n[[pool.backend]]\nname = \"a\"\naddress = \"localhost\"\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rota")).arg("check").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Both errors, each with file, line, column and field.
+    assert!(err.contains("bad.toml:5:16: endpoint[0].distribution"), "{err}");
+    assert!(err.contains("\"random\""), "{err}");
+    assert!(err.contains("bad.toml:11:11: pool[0].backend[0].address"), "{err}");
+}
+
+#[tokio::test]
+async fn sigterm_stops_accepting_lets_live_connections_finish_then_exits_zero() {
+    let echo = Backend::start(Behaviour::Echo).await;
+    let dir = TempDir::new("term");
+    let cfg = dir.write("rota.toml", &config_for(echo.addr, "shutdown_grace = \"30s\""));
+    let mut rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
+    let listen: SocketAddr = rota.log_value("endpoint listening", "listen").await.parse().unwrap();
+
+    let mut live = eventually("rota to accept", || async {
+        let mut s = TcpStream::connect(listen).await.map_err(|e| e.to_string())?;
+        echo_roundtrip(&mut s, b"before").await.map_err(|e| e.to_string())?;
+        Ok(s)
+    })
+    .await;
+    rota.signal("TERM");
+    eventually("new connections to be refused", || async {
+        match TcpStream::connect(listen).await {
+            Err(_) => Ok(()),
+            Ok(_) => Err("still accepting".to_owned()),
+        }
+    })
+    .await;
+    // The connection that was open keeps working during the grace period.
+    echo_roundtrip(&mut live, b"during shutdown").await.expect("live connection still served");
+    assert!(rota.child.try_wait().unwrap().is_none(), "exited while a connection was live");
+    drop(live);
+    assert_eq!(rota.exit_code().await, Some(0), "{}", rota.stderr());
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let echo = Backend::start(Behaviour::Echo).await;
+    let dir = TempDir::new("twice");
+    let cfg = dir.write("rota.toml", &config_for(echo.addr, "shutdown_grace = \"10m\""));
+    let mut rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
+    let listen: SocketAddr = rota.log_value("endpoint listening", "listen").await.parse().unwrap();
+    let mut live = eventually("rota to accept", || async {
+        let mut s = TcpStream::connect(listen).await.map_err(|e| e.to_string())?;
+        echo_roundtrip(&mut s, b"x").await.map_err(|e| e.to_string())?;
+        Ok(s)
+    })
+    .await;
+    rota.signal("INT");
+    rota.log_value("shutting down", "live_connections").await;
+    rota.signal("INT");
+    // Without the second signal it would wait ten minutes for `live`.
+    assert_eq!(rota.exit_code().await, Some(130), "{}", rota.stderr());
+    let _ = live.write_all(b"y").await;
+}
+
+#[tokio::test]
+async fn grace_expiry_closes_what_is_left_and_exits_zero() {
+    let echo = Backend::start(Behaviour::Echo).await;
+    let dir = TempDir::new("grace");
+    let cfg = dir.write("rota.toml", &config_for(echo.addr, "shutdown_grace = \"200ms\""));
+    let mut rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
+    let listen: SocketAddr = rota.log_value("endpoint listening", "listen").await.parse().unwrap();
+    let mut live = eventually("rota to accept", || async {
+        let mut s = TcpStream::connect(listen).await.map_err(|e| e.to_string())?;
+        echo_roundtrip(&mut s, b"x").await.map_err(|e| e.to_string())?;
+        Ok(s)
+    })
+    .await;
+    rota.signal("TERM");
+    assert_eq!(rota.exit_code().await, Some(0), "{}", rota.stderr());
+    assert!(rota.stderr().contains("shutdown grace expired"), "{}", rota.stderr());
+    let mut buf = [0u8; 4];
+    let r = tokio::time::timeout(DEADLINE, live.read(&mut buf)).await.expect("closed");
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+}
+
+#[tokio::test]
+async fn accept_survives_running_out_of_file_descriptors() {
+    let hold = Backend::start(Behaviour::Hold).await;
+    let dir = TempDir::new("emfile");
+    let cfg = dir.write("rota.toml", &config_for(hold.addr, "workers = 1"));
+    let rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
+    let listen: SocketAddr = rota.log_value("endpoint listening", "listen").await.parse().unwrap();
+    // Leave rota room for a handful of connections only.
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &rota.pid().to_string(), "--nofile=48:48"])
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(status.success());
+
+    // Far more clients than descriptors: the kernel completes their handshakes,
+    // rota's accept hits EMFILE and must back off rather than spin or die.
+    let mut clients = Vec::new();
+    for _ in 0..60 {
+        clients.push(TcpStream::connect(listen).await.unwrap());
+    }
+    rota.log_value("accept failed: out of resources", "backoff_ms").await;
+    let warnings = rota.stderr().matches("out of resources").count();
+    assert!(warnings <= 3, "EMFILE logged {warnings} times in about a second:\n{}", rota.stderr());
+    drop(clients);
+
+    // Descriptors free again: a new connection is proxied.
+    eventually("rota to serve again after EMFILE", || async {
+        let before = hold.accepted();
+        let _s = TcpStream::connect(listen).await.map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+        while tokio::time::Instant::now() < deadline {
+            if hold.accepted() > before {
+                return Ok(());
+            }
+            tokio::task::yield_now().await;
+        }
+        Err(format!("backend accepted {} in all", hold.accepted()))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_demo_serves_from_all_three_instances() {
+    let rota = RotaProcess::spawn(&["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    let balancer = eventually("the demo banner", || async {
+        let out = rota.stdout();
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("balancer").map(|r| r.trim().to_owned()))
+            .and_then(|r| r.split_whitespace().next().map(|u| u.to_owned()))
+            .ok_or(format!("stdout: {out}\nstderr: {}", rota.stderr()))
+    })
+    .await;
+    let addr: SocketAddr =
+        balancer.trim_start_matches("http://").trim_end_matches('/').parse().expect("banner address");
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..60 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut resp = String::new();
+        tokio::time::timeout(DEADLINE, s.read_to_string(&mut resp)).await.unwrap().unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "request {i}: {resp}");
+        let who = resp.lines().last().unwrap_or_default().trim().to_owned();
+        seen.insert(who);
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
