@@ -234,22 +234,45 @@ impl PoolSnapshot {
                 let t = turn.fetch_add(1, Ordering::Relaxed);
                 Some(self.ring[t % self.ring.len()] as usize)
             }
-            Distribution::LeastConnections => {
-                // Fewest live connections per unit of weight; ties go round the
-                // pool from a moving start so equal members share the load.
-                let start = turn.fetch_add(1, Ordering::Relaxed) % n;
-                let mut best = start;
-                let mut best_load = u64::MAX;
-                for k in 0..n {
-                    let i = (start + k) % n;
-                    let m = &self.candidates[i];
-                    let load = (m.active().max(0) as u64 * 1_000) / u64::from(m.weight.max(1));
-                    if load < best_load {
-                        best_load = load;
-                        best = i;
-                    }
+            Distribution::LeastConnections => Some(self.least_loaded(turn.fetch_add(1, Ordering::Relaxed))),
+        }
+    }
+
+    /// Least connections per unit of weight. Small pools are scanned whole,
+    /// starting from a moving position so equal members share the ties. Large
+    /// pools compare two members drawn at random ("power of two choices"),
+    /// which keeps the pick O(1) and avoids sending a burst of new
+    /// connections to the one emptiest member.
+    #[inline]
+    fn least_loaded(&self, turn: usize) -> usize {
+        const SCAN_UP_TO: usize = 8;
+        let n = self.candidates.len();
+        // a is less loaded than b: active_a / weight_a < active_b / weight_b.
+        let lighter = |a: usize, b: usize| {
+            let (ma, mb) = (&self.candidates[a], &self.candidates[b]);
+            let la = ma.active().max(0) as u64 * u64::from(mb.weight);
+            let lb = mb.active().max(0) as u64 * u64::from(ma.weight);
+            la < lb
+        };
+        if n <= SCAN_UP_TO {
+            let start = turn % n;
+            let mut best = start;
+            for k in 1..n {
+                let i = (start + k) % n;
+                if lighter(i, best) {
+                    best = i;
                 }
-                Some(best)
+            }
+            best
+        } else {
+            let r = mix64(turn as u64);
+            let a = (r % n as u64) as usize;
+            let b = ((r >> 32) % (n as u64 - 1)) as usize;
+            let b = if b >= a { b + 1 } else { b };
+            if lighter(b, a) {
+                b
+            } else {
+                a
             }
         }
     }
@@ -257,5 +280,84 @@ impl PoolSnapshot {
     /// The member view by instance name.
     pub fn member(&self, name: &str) -> Option<&MemberView> {
         self.members.iter().find(|m| &*m.member.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn views(n: usize, metrics: &Metrics) -> Vec<MemberView> {
+        (0..n)
+            .map(|i| MemberView {
+                member: Arc::new(Member {
+                    name: format!("m{i}").into(),
+                    addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                    weight: 1,
+                    metrics: metrics.member("t", &format!("m{i}")),
+                }),
+                admin: AdminState::Enabled,
+                health: Health::unprobed(),
+                in_rotation: true,
+                reason: String::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn least_connections_picks_the_emptiest_member() {
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+        for n in [4usize, 20] {
+            let snap = PoolSnapshot::build(views(n, &metrics), Vec::new(), false, 0);
+            for (i, m) in snap.candidates().iter().enumerate() {
+                m.metrics.active.set(if i == 2 { 0 } else { 5 });
+            }
+            let turn = AtomicUsize::new(0);
+            let flow = Flow { source: "127.0.0.1:1".parse().unwrap(), destination: "127.0.0.1:2".parse().unwrap() };
+            let picks: Vec<usize> = (0..200)
+                .map(|_| snap.pick(Distribution::LeastConnections, &flow, &turn).unwrap())
+                .collect();
+            let to_empty = picks.iter().filter(|&&p| p == 2).count();
+            if n <= 8 {
+                assert_eq!(to_empty, 200, "a full scan always finds it");
+            } else {
+                // Two random choices find it whenever it is one of the two drawn.
+                assert!(to_empty >= 200 * 2 / n / 2, "n={n}: {to_empty} of 200");
+            }
+            for m in snap.candidates() {
+                m.metrics.active.set(0);
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_round_robin_follows_the_weights() {
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+        let mut v = views(2, &metrics);
+        Arc::get_mut(&mut v[1].member).unwrap().weight = 3;
+        let snap = PoolSnapshot::build(v, Vec::new(), false, 0);
+        let turn = AtomicUsize::new(0);
+        let flow = Flow { source: "127.0.0.1:1".parse().unwrap(), destination: "127.0.0.1:2".parse().unwrap() };
+        let heavy = (0..400).filter(|_| snap.pick(Distribution::RoundRobin, &flow, &turn) == Some(1)).count();
+        assert_eq!(heavy, 300);
+    }
+
+    #[test]
+    fn fail_open_uses_every_member_only_when_none_is_in_rotation() {
+        let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+        let mut v = views(3, &metrics);
+        for m in &mut v {
+            m.in_rotation = false;
+        }
+        let refusing = PoolSnapshot::build(v.clone(), Vec::new(), false, 0);
+        assert!(refusing.candidates().is_empty());
+        let open = PoolSnapshot::build(v.clone(), Vec::new(), true, 0);
+        assert_eq!(open.candidates().len(), 3);
+        assert!(open.failing_open);
+        v[0].in_rotation = true;
+        let one = PoolSnapshot::build(v, Vec::new(), true, 0);
+        assert_eq!(one.candidates().len(), 1);
+        assert!(!one.failing_open);
     }
 }
