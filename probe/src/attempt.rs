@@ -3,6 +3,7 @@
 //! The attempt's deadline is applied by the caller (the runner): everything here may be
 //! cancelled at any await point, which drops, and so closes, the connection.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -106,7 +107,10 @@ async fn run(target: &Target) -> Result<Attempt, Attempt> {
         ProbeKind::GuestAgent => {
             let stream = connect(addr).await?;
             let answer = exchange(stream, &addr.to_string(), agent::STATUS_PATH, true).await?;
-            Ok(Attempt::from_pair(agent::judge(answer.status, &answer.body)))
+            Ok(Attempt::from_pair(agent::judge(
+                answer.status,
+                &answer.body,
+            )))
         }
     }
 }
@@ -121,9 +125,9 @@ fn judge_status(status: u16) -> Attempt {
 }
 
 async fn connect(addr: SocketAddr) -> Result<TcpStream, Attempt> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| {
-        io_failure(&e).unwrap_or_else(|| Attempt::failed(format!("connect: {e}")))
-    })?;
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| io_failure(&e).unwrap_or_else(|| Attempt::failed(format!("connect: {e}"))))?;
     // Requests are one small write; no reason to let Nagle hold it.
     let _ = stream.set_nodelay(true);
     Ok(stream)
@@ -189,10 +193,18 @@ where
         biased;
         r = &mut send => r.map_err(|e| http_failure(e, Phase::Head))?,
         r = &mut conn => {
-            return Err(match r {
-                Err(e) => http_failure(e, Phase::Head),
-                Ok(()) => Attempt::failed("connection closed before response"),
-            })
+            // The connection may finish in the same poll that completed the response
+            // (or its error): `Connection: close`. Whatever it handed over is ready now.
+            let handed_over = std::future::poll_fn(|cx| Poll::Ready(match send.as_mut().poll(cx) {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => None,
+            }))
+            .await;
+            match (handed_over, r) {
+                (Some(Ok(response)), _) => response,
+                (Some(Err(e)), _) | (None, Err(e)) => return Err(http_failure(e, Phase::Head)),
+                (None, Ok(())) => return Err(Attempt::failed("connection closed before response")),
+            }
         }
     };
     let status = response.status().as_u16();
@@ -203,7 +215,8 @@ where
         });
     }
 
-    let mut collect = std::pin::pin!(Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect());
+    let mut collect =
+        std::pin::pin!(Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect());
     let mut conn_done = false;
     let body = loop {
         tokio::select! {
@@ -257,7 +270,7 @@ fn body_failure(e: Box<dyn std::error::Error + Send + Sync>) -> Attempt {
     }
 }
 
-fn find_io(e: &(dyn std::error::Error + 'static)) -> Option<&io::Error> {
+fn find_io<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<io::Error>() {
@@ -359,7 +372,7 @@ mod tests {
 
     #[tokio::test]
     async fn capped_reads_stop_at_the_budget() {
-        let data = vec![7u8; 100];
+        let data = [7u8; 100];
         let mut capped = Capped::new(&data[..], 30);
         let mut out = Vec::new();
         let err = capped.read_to_end(&mut out).await.unwrap_err();

@@ -108,7 +108,8 @@ impl Outcome {
 /// `Outcome::Failed("no successful probe for ...")`, `duration` zero and
 /// `changed = true` is sent at that moment, so the verdict flips on time.
 ///
-/// After [`Prober::remove`] a report already on its way may still arrive once.
+/// After [`Prober::remove`] (or an [`Prober::add`] replacing the key) one report of the
+/// stopped task that was already on its way may still arrive.
 #[derive(Clone, Debug)]
 pub struct Report {
     pub key: TargetKey,

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use rota_config::TlsConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
@@ -37,9 +39,7 @@ pub(crate) fn client_config(tls: &TlsConfig) -> Result<Arc<ClientConfig>, ProbeE
                 roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
             },
         };
-        builder
-            .with_root_certificates(roots)
-            .with_no_client_auth()
+        builder.with_root_certificates(roots).with_no_client_auth()
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
@@ -163,7 +163,10 @@ mod tests {
         let cert = |c| reason(&rustls::Error::InvalidCertificate(c));
         assert_eq!(cert(CertificateError::Expired), "tls: certificate expired");
         assert_eq!(cert(CertificateError::UnknownIssuer), "tls: unknown issuer");
-        assert_eq!(cert(CertificateError::NotValidForName), "tls: name mismatch");
+        assert_eq!(
+            cert(CertificateError::NotValidForName),
+            "tls: name mismatch"
+        );
     }
 
     #[test]
