@@ -7,24 +7,29 @@
 //! # Layout
 //!
 //! - [`demo`]: the no-argument demo: built-in web instances behind a balancer.
+//! - [`membership`]: pool membership → balancer joins/leaves and probe targets.
 #![forbid(unsafe_code)]
 
 pub mod demo;
+pub mod membership;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rota_config::{BackendConfig, Config, EndpointConfig};
+use rota_config::Config;
 use rota_lb::admin::{self, AdminState};
-use rota_lb::{Balancer, Rotation, RotationInput};
+use rota_lb::{Balancer, Rotation};
+
+use crate::membership::{Instance, Membership};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 /// A running rota: balancer, admin API and control tasks.
 pub struct Rota {
     balancer: Balancer,
+    membership: Arc<Membership>,
     admin_addr: SocketAddr,
     control: CancellationToken,
     /// Stops the control tasks when a `Rota` is dropped without a shutdown.
@@ -42,14 +47,17 @@ impl Rota {
         let balancer = Balancer::start(&config, &registry, workers)?;
         let control = CancellationToken::new();
 
-        for endpoint in &config.endpoints {
-            let pool = config
-                .pools
-                .iter()
-                .find(|p| p.name == endpoint.pool)
-                .with_context(|| format!("endpoint {} names no known pool {:?}", endpoint.name, endpoint.pool))?;
+        let membership = Arc::new(Membership::new(&config, balancer.rotation().clone(), &registry)?);
+        for pool in &config.pools {
             for backend in &pool.backends {
-                balancer.rotation().apply(join_input(endpoint, backend))?;
+                let instance = Instance {
+                    name: backend.name.clone(),
+                    addr: backend.address,
+                    weight: backend.weight,
+                    agent: backend.agent,
+                    own_port: false,
+                };
+                membership.join(&pool.name, &instance, true);
             }
         }
 
@@ -67,7 +75,7 @@ impl Rota {
         tokio::spawn(tidy(balancer.rotation().clone(), control.clone()));
         info!(admin = %admin_addr, "admin API and /metrics listening");
         let _control_guard = control.clone().drop_guard();
-        Ok(Rota { balancer, admin_addr, control, _control_guard, grace: config.shutdown_grace })
+        Ok(Rota { balancer, membership, admin_addr, control, _control_guard, grace: config.shutdown_grace })
     }
 
     /// The bound address of an endpoint (port 0 resolved).
@@ -87,6 +95,11 @@ impl Rota {
         &self.balancer
     }
 
+    /// Joins and leaves of pool instances at run time.
+    pub fn membership(&self) -> &Arc<Membership> {
+        &self.membership
+    }
+
     /// Stops accepting, lets live connections finish within the configured
     /// grace, then stops the rest. Returns true when nothing had to be cut.
     pub async fn shutdown(self) -> bool {
@@ -97,6 +110,7 @@ impl Rota {
     /// [`Rota::shutdown`] with an explicit grace period.
     pub async fn shutdown_within(self, grace: Duration) -> bool {
         info!(live_connections = self.balancer.active_connections(), ?grace, "shutting down: no new connections");
+        self.membership.shutdown();
         let drained = self.balancer.shutdown(grace).await;
         self.control.cancel();
         drained
@@ -116,27 +130,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// One data-plane worker per core.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
-/// A static backend joining an endpoint: its address with the endpoint's
-/// target port, probed by the endpoint's probe, else by its guest agent.
-fn join_input(endpoint: &EndpointConfig, backend: &BackendConfig) -> RotationInput {
-    let mut addr = backend.address;
-    if let Some(port) = endpoint.target_port {
-        addr.set_port(port);
-    }
-    let probe = match (&endpoint.probe, backend.agent) {
-        (Some(p), _) => Some(p.protocol.as_str().to_owned()),
-        (None, Some(_)) => Some("guest-agent".to_owned()),
-        (None, None) => None,
-    };
-    RotationInput::Join {
-        endpoint: endpoint.name.as_str().into(),
-        instance: backend.name.as_str().into(),
-        addr,
-        weight: backend.weight,
-        probe,
-    }
 }
 
 /// Forgets drained instances once their last connection closes.

@@ -30,4 +30,4 @@ pub mod rotation;
 pub use balancer::{Balancer, StartError};
 pub use endpoint::Endpoint;
 pub use pool::{Flow, PoolSnapshot};
-pub use rotation::{AdminAction, Rotation, RotationError, RotationInput, RotationSender};
+pub use rotation::{AdminAction, Probing, Rotation, RotationError, RotationInput, RotationSender};

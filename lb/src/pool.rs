@@ -50,6 +50,8 @@ pub enum HealthState {
     Unprobed,
     /// Probed, but no verdict yet: out of rotation until the first one.
     Awaiting,
+    /// Probed, no verdict yet, but in rotation meanwhile (present at startup).
+    Assumed,
     Healthy,
     Unhealthy,
 }
@@ -70,9 +72,10 @@ impl Health {
         Health { state: HealthState::Unprobed, kind: String::new(), last_result: String::new(), last_success: None }
     }
 
-    pub fn awaiting(kind: &str) -> Health {
+    /// A probed instance before its first verdict.
+    pub fn new(state: HealthState, kind: &str) -> Health {
         Health {
-            state: HealthState::Awaiting,
+            state,
             kind: kind.to_owned(),
             last_result: String::new(),
             last_success: None,

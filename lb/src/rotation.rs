@@ -25,9 +25,8 @@ pub enum RotationInput {
         instance: Arc<str>,
         addr: SocketAddr,
         weight: u32,
-        /// The probe kind that will report on it, or `None` when nothing probes
-        /// it (it then counts as healthy).
-        probe: Option<String>,
+        /// Whether a probe will report on it, and what to assume until it does.
+        probing: Probing,
     },
     /// An instance leaves: no new connections, live ones drain.
     Leave { endpoint: Arc<str>, instance: Arc<str> },
@@ -42,6 +41,17 @@ pub enum RotationInput {
     },
     /// An operator's drain or enable; `endpoint: None` means every endpoint.
     Admin { endpoint: Option<Arc<str>>, instance: Arc<str>, action: AdminAction },
+}
+
+/// How a joining instance's health is decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probing {
+    /// Nothing probes it: it counts as healthy.
+    None,
+    /// A probe of this kind will report; out of rotation until its first success.
+    AwaitFirst(String),
+    /// A probe of this kind will report; in rotation until its first verdict.
+    AssumeHealthy(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,13 +114,14 @@ impl Rotation {
         let mut state = self.lock();
         let now = SystemTime::now();
         match input {
-            RotationInput::Join { endpoint, instance, addr, weight, probe } => {
+            RotationInput::Join { endpoint, instance, addr, weight, probing } => {
                 let es = state
                     .get_mut(&endpoint)
                     .ok_or_else(|| RotationError::UnknownEndpoint(endpoint.to_string()))?;
-                let health = match &probe {
-                    Some(kind) => Health::awaiting(kind),
-                    None => Health::unprobed(),
+                let health = match &probing {
+                    Probing::None => Health::unprobed(),
+                    Probing::AwaitFirst(kind) => Health::new(HealthState::Awaiting, kind),
+                    Probing::AssumeHealthy(kind) => Health::new(HealthState::Assumed, kind),
                 };
                 if let Some(pos) = es.members.iter().position(|m| m.member.name == instance) {
                     // Same name, new address (a move): the old member drains.
@@ -298,6 +309,7 @@ fn eligibility(admin: AdminState, health: &Health) -> (bool, String) {
     match health.state {
         HealthState::Unprobed => (true, "not probed".to_owned()),
         HealthState::Awaiting => (false, format!("awaiting first {} probe", health.kind)),
+        HealthState::Assumed => (true, format!("assumed healthy until the first {} probe", health.kind)),
         HealthState::Healthy => (true, format!("{}: {}", health.kind, health.last_result)),
         HealthState::Unhealthy => (false, format!("{}: {}", health.kind, health.last_result)),
     }
@@ -363,7 +375,7 @@ pub struct InstanceStatus {
 
 #[derive(Debug, serde::Serialize)]
 pub struct HealthStatus {
-    /// `unprobed`, `awaiting`, `healthy` or `unhealthy`.
+    /// `unprobed`, `awaiting`, `assumed`, `healthy` or `unhealthy`.
     pub state: &'static str,
     pub probe: String,
     pub last_result: String,
@@ -424,6 +436,7 @@ impl Rotation {
                                     state: match m.health.state {
                                         HealthState::Unprobed => "unprobed",
                                         HealthState::Awaiting => "awaiting",
+                                        HealthState::Assumed => "assumed",
                                         HealthState::Healthy => "healthy",
                                         HealthState::Unhealthy => "unhealthy",
                                     },
