@@ -109,7 +109,8 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
-            eprintln!("{name} listening on {}", listener.local_addr()?);
+            // The first stdout line tells a parent (the demo) where the instance is.
+            println!("{name} listening on {}", listener.local_addr()?);
             rota_fabric::web::serve(listener, name, shutdown).await;
             Ok(())
         }
