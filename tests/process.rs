@@ -190,3 +190,36 @@ async fn the_demo_serves_from_all_three_instances() {
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
 }
+
+#[tokio::test]
+async fn a_killed_demo_instance_leaves_rotation_and_clients_keep_being_served() {
+    let rota = RotaProcess::spawn(&["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    let banner = eventually("the demo banner", || async {
+        let out = rota.stdout();
+        if out.contains("Ctrl-C") { Ok(out) } else { Err(format!("stdout: {out}\nstderr: {}", rota.stderr())) }
+    })
+    .await;
+    let field = |prefix: &str| -> String {
+        banner
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().split_whitespace().next().unwrap().to_owned()))
+            .unwrap_or_else(|| panic!("no {prefix} in {banner}"))
+    };
+    let addr: SocketAddr = field("balancer").trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+    let admin: SocketAddr = field("metrics").trim_start_matches("http://").trim_end_matches("/metrics").parse().unwrap();
+    let pid = banner
+        .lines()
+        .find(|l| l.contains("instance   web-0"))
+        .and_then(|l| l.split("(pid ").nth(1))
+        .map(|p| p.trim_end_matches(')').to_owned())
+        .unwrap_or_else(|| panic!("no pid for web-0 in {banner}"));
+    await_rotation(admin, "web", "web-0", true).await;
+    let status = std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+    assert!(status.success());
+    let v = await_rotation(admin, "web", "web-0", false).await;
+    assert_eq!(v["health"]["state"], "unhealthy", "{v}");
+    for i in 0..50 {
+        let who = who(addr).await.unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        assert!(who == "hello from web-1" || who == "hello from web-2", "{who}");
+    }
+}

@@ -469,3 +469,197 @@ fn valid_name(s: &str) -> bool {
 }
 
 use std::collections::HashSet;
+
+// ----- fabric helpers (tests/fabric.rs) -----
+
+/// [`eventually`] with its own deadline, for states that take several
+/// heartbeats or restarts to reach.
+pub async fn eventually_within<T, F, Fut>(deadline: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(seen) => {
+                if tokio::time::Instant::now() >= end {
+                    panic!("timed out after {deadline:?} waiting for {what}; last seen: {seen}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An HTTP/1.1 request with an optional JSON body; returns status and the body
+/// parsed as JSON (`Null` when it is not JSON). Connection errors are `Err`.
+pub async fn http_json(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> io::Result<(u16, serde_json::Value)> {
+    let mut s = TcpStream::connect(addr).await?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))??;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+/// Kills every instance a fabric recorded in `<state_dir>/state.json` (each
+/// guest agent's whole process group). Agents outlive the fabric by design,
+/// so tests must clean up after themselves.
+pub fn kill_fabric_instances(state_dir: &std::path::Path) {
+    let Ok(text) = std::fs::read_to_string(state_dir.join("state.json")) else {
+        return;
+    };
+    let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return;
+    };
+    for instance in state["instances"].as_array().into_iter().flatten() {
+        if let Some(pid) = instance["agent_pid"].as_u64() {
+            let _ = std::process::Command::new("kill")
+                .args(["-s", "KILL", "--", &format!("-{pid}")])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A small HTTP/1.1 backend: `GET /health` answers the status in `health`
+/// (200 → "ok"); any other path answers 200 with the backend's name and counts
+/// in `served`. Keep-alive is honoured. Stops when dropped.
+pub struct HttpBackend {
+    pub addr: SocketAddr,
+    pub health: Arc<std::sync::atomic::AtomicU16>,
+    pub served: Arc<AtomicUsize>,
+    stop: CancellationToken,
+}
+
+impl HttpBackend {
+    pub async fn start(name: &str) -> HttpBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind http backend");
+        let addr = listener.local_addr().unwrap();
+        let health = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let served = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let (h, sv, st, name) = (health.clone(), served.clone(), stop.clone(), name.to_owned());
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    _ = st.cancelled() => break,
+                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                };
+                let (h, sv, st, name) = (h.clone(), sv.clone(), st.clone(), name.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = st.cancelled() => {}
+                        _ = serve_http(stream, &name, &h, &sv) => {}
+                    }
+                });
+            }
+        });
+        HttpBackend { addr, health, served, stop }
+    }
+
+    pub fn set_health(&self, status: u16) {
+        self.health.store(status, Ordering::SeqCst);
+    }
+
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn serve_http(stream: TcpStream, name: &str, health: &std::sync::atomic::AtomicU16, served: &AtomicUsize) {
+    use tokio::io::AsyncBufReadExt;
+    let mut s = tokio::io::BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        match s.read_line(&mut request_line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let mut close = false;
+        loop {
+            let mut h = String::new();
+            match s.read_line(&mut h).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if h.to_ascii_lowercase().starts_with("connection: close") {
+                close = true;
+            }
+            if h == "\r\n" {
+                break;
+            }
+        }
+        let path = request_line.split(' ').nth(1).unwrap_or("/");
+        let (status, body) = if path == "/health" {
+            let code = health.load(Ordering::SeqCst);
+            (code, if code == 200 { "ok\n".to_owned() } else { "not ok\n".to_owned() })
+        } else {
+            served.fetch_add(1, Ordering::SeqCst);
+            (200, format!("{name}\n"))
+        };
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        if s.get_mut().write_all(resp.as_bytes()).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+/// One `GET /` through `addr` on a fresh connection; returns the body's first line.
+pub async fn who(addr: SocketAddr) -> io::Result<String> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await?;
+    let mut out = String::new();
+    tokio::time::timeout(DEADLINE, s.read_to_string(&mut out))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response"))??;
+    out.split("\r\n\r\n")
+        .nth(1)
+        .map(|b| b.trim().to_owned())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad response {out:?}")))
+}
+
+/// Waits until the admin API shows `instance` on `endpoint` with `in_rotation == want`.
+pub async fn await_rotation(admin: SocketAddr, endpoint: &str, instance: &str, want: bool) -> serde_json::Value {
+    eventually(&format!("{instance} in_rotation={want}"), || async {
+        let v = instance_json(admin, endpoint, instance).await;
+        if v["in_rotation"] == want { Ok(v) } else { Err(v.to_string()) }
+    })
+    .await
+}
