@@ -1,14 +1,14 @@
 //! Bidirectional copy between client and instance: half-close aware, idle-timed, buffers only while data is in flight.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
-use std::net::Shutdown;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 
@@ -71,11 +71,15 @@ impl Half {
 
     /// Moves bytes until `from` would block, then registers for wake-up.
     /// Returns Ready(Ok) once `from` ended and `to` was shut down for writing.
+    ///
+    /// Reads and writes go through tokio's `AsyncRead`/`AsyncWrite`, which
+    /// treat a short read or write as "drained" on edge-triggered epoll: the
+    /// next poll waits for an event instead of paying a syscall for EAGAIN.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        from: &TcpStream,
-        to: &TcpStream,
+        from: &mut TcpStream,
+        to: &mut TcpStream,
         counter: &IntCounter,
         moved: &mut bool,
     ) -> Poll<io::Result<()>> {
@@ -84,30 +88,27 @@ impl Half {
                 return Poll::Ready(Ok(()));
             }
             if self.start < self.end {
-                ready!(to.poll_write_ready(cx))?;
                 let Some(buf) = self.buf.as_deref() else {
                     self.start = 0;
                     self.end = 0;
                     continue;
                 };
-                match to.try_write(&buf[self.start..self.end]) {
-                    Ok(n) => {
-                        self.start += n;
-                        counter.inc_by(n as u64);
-                        *moved = true;
-                        if self.start == self.end {
-                            self.release();
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Poll::Ready(Err(e)),
+                let n = ready!(Pin::new(&mut *to).poll_write(cx, &buf[self.start..self.end]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.start += n;
+                counter.inc_by(n as u64);
+                *moved = true;
+                if self.start == self.end {
+                    self.release();
                 }
                 continue;
             }
             if self.eof {
                 // Half-close: pass the end of stream on and keep the other
                 // direction running. ENOTCONN means the peer is gone already.
-                match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
+                match ready!(Pin::new(&mut *to).poll_shutdown(cx)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
                     Err(e) => return Poll::Ready(Err(e)),
@@ -115,20 +116,27 @@ impl Half {
                 self.finished = true;
                 continue;
             }
+            // Wait for readiness before taking a buffer, so that an idle
+            // connection never holds one.
             ready!(from.poll_read_ready(cx))?;
             let buf = self.buf.get_or_insert_with(take_buf);
-            match from.try_read(buf) {
-                Ok(0) => {
-                    self.eof = true;
+            let mut rb = ReadBuf::new(buf);
+            match Pin::new(&mut *from).poll_read(cx, &mut rb) {
+                Poll::Pending => {
                     self.release();
-                    *moved = true;
+                    return Poll::Pending;
                 }
-                Ok(n) => {
-                    self.end = n;
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
                     *moved = true;
+                    if n == 0 {
+                        self.eof = true;
+                        self.release();
+                    } else {
+                        self.end = n;
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.release(),
-                Err(e) => {
+                Poll::Ready(Err(e)) => {
                     self.release();
                     return Poll::Ready(Err(e));
                 }
@@ -146,8 +154,8 @@ impl Drop for Half {
 /// Copies both ways until both directions have ended, one fails, or nothing
 /// has moved for `idle`. Bytes are added to the counters as they are written.
 pub async fn bidirectional(
-    client: &TcpStream,
-    server: &TcpStream,
+    client: &mut TcpStream,
+    server: &mut TcpStream,
     idle: Duration,
     sent: &IntCounter,
     received: &IntCounter,
@@ -161,12 +169,12 @@ pub async fn bidirectional(
     tokio::pin!(timer);
     poll_fn(|cx| {
         let mut moved = false;
-        let up_done = match up.poll(cx, client, server, sent, &mut moved) {
+        let up_done = match up.poll(cx, &mut *client, &mut *server, sent, &mut moved) {
             Poll::Ready(Ok(())) => true,
             Poll::Ready(Err(e)) => return Poll::Ready(End::Error(e.kind())),
             Poll::Pending => false,
         };
-        let down_done = match down.poll(cx, server, client, received, &mut moved) {
+        let down_done = match down.poll(cx, &mut *server, &mut *client, received, &mut moved) {
             Poll::Ready(Ok(())) => true,
             Poll::Ready(Err(e)) => return Poll::Ready(End::Error(e.kind())),
             Poll::Pending => false,
@@ -192,5 +200,3 @@ pub async fn bidirectional(
     })
     .await
 }
-
-use std::future::Future;

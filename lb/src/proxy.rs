@@ -31,10 +31,10 @@ impl Drop for Live<'_> {
 }
 
 /// Serves one accepted client connection to the end.
-pub async fn serve(endpoint: Arc<Endpoint>, client: TcpStream, peer: SocketAddr) {
+pub async fn serve(endpoint: Arc<Endpoint>, mut client: TcpStream, peer: SocketAddr) {
     // The listener has TCP_NODELAY set and accepted sockets inherit it.
     let _live = Live::new(&endpoint.metrics.active);
-    let (member, server) = match connect(&endpoint, peer).await {
+    let (member, mut server) = match connect(&endpoint, peer).await {
         Ok(picked) => picked,
         Err(reason) => return refuse(&endpoint, client, peer, reason),
     };
@@ -42,8 +42,8 @@ pub async fn serve(endpoint: Arc<Endpoint>, client: TcpStream, peer: SocketAddr)
     let _member_live = Live::new(&member.metrics.active);
     member.metrics.connections.inc();
     let end = copy::bidirectional(
-        &client,
-        &server,
+        &mut client,
+        &mut server,
         endpoint.idle_timeout,
         &member.metrics.sent_bytes,
         &member.metrics.received_bytes,
