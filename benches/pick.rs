@@ -23,7 +23,10 @@ fn snapshot(n: usize, metrics: &Metrics) -> PoolSnapshot {
             MemberView {
                 member: Arc::new(Member {
                     name: name.as_str().into(),
-                    addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250) as u8)), 80),
+                    addr: SocketAddr::new(
+                        IpAddr::V4(Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250) as u8)),
+                        80,
+                    ),
                     weight: 1,
                     metrics: metrics.member("bench", &name),
                 }),
@@ -45,7 +48,10 @@ fn pick(c: &mut Criterion) {
         let turn = AtomicUsize::new(0);
         let flows: Vec<Flow> = (0..1024u32)
             .map(|i| Flow {
-                source: SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i * 31)), 1024 + i as u16),
+                source: SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i * 31)),
+                    1024 + i as u16,
+                ),
                 destination: "127.0.0.1:8080".parse().unwrap(),
             })
             .collect();

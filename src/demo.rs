@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rota_config::{
-    AdminConfig, AllDown, BackendConfig, Config, Distribution, EndpointConfig, PoolConfig, ProbeConfig,
-    ProbeProtocol, TlsConfig, DEFAULT_BACKLOG, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
+    AdminConfig, AllDown, BackendConfig, Config, Distribution, EndpointConfig, PoolConfig,
+    ProbeConfig, ProbeProtocol, TlsConfig, DEFAULT_BACKLOG, DEFAULT_CONNECT_ATTEMPTS,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -89,19 +89,32 @@ impl Demo {
                 name: "web".to_owned(),
                 backends: instances
                     .iter()
-                    .map(|(name, addr, _)| BackendConfig { name: name.clone(), address: *addr, weight: 1, agent: None })
+                    .map(|(name, addr, _)| BackendConfig {
+                        name: name.clone(),
+                        address: *addr,
+                        weight: 1,
+                        agent: None,
+                    })
                     .collect(),
             }],
             roles: Vec::new(),
             fabric: rota_config::FabricConfig::default(),
         };
         let rota = Rota::start(config).await?;
-        Ok(Demo { rota, instances, children })
+        Ok(Demo {
+            rota,
+            instances,
+            children,
+        })
     }
 
     /// Prints what is where, for the person who just typed `rota`.
     pub fn banner(&self) -> String {
-        let listen = self.rota.endpoint_addr("web").map(|a| a.to_string()).unwrap_or_default();
+        let listen = self
+            .rota
+            .endpoint_addr("web")
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let admin = self.rota.admin_addr();
         let mut s = String::new();
         s.push_str("rota demo: a balancer in front of three built-in web instances\n");
@@ -112,12 +125,16 @@ impl Demo {
         }
         s.push_str(&format!("  admin API  http://{admin}/api/v1/endpoints\n"));
         s.push_str(&format!("  metrics    http://{admin}/metrics\n"));
-        s.push_str(&format!("try: curl http://{listen}/   or   wrk -t2 -c64 -d10s http://{listen}/\n"));
+        s.push_str(&format!(
+            "try: curl http://{listen}/   or   wrk -t2 -c64 -d10s http://{listen}/\n"
+        ));
         s.push_str(&format!(
             "drain one: curl -X POST http://{admin}/api/v1/endpoints/web/instances/web-0/drain\n"
         ));
         if let Some((_, _, Some(pid))) = self.instances.first() {
-            s.push_str(&format!("kill one:  kill {pid}   (it leaves rotation within 3s; wrk keeps going)\n"));
+            s.push_str(&format!(
+                "kill one:  kill {pid}   (it leaves rotation within 3s; wrk keeps going)\n"
+            ));
         }
         s.push_str("Ctrl-C stops it.\n");
         s

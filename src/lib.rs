@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod demo;
+pub mod fabric;
 pub mod membership;
 
 use std::net::SocketAddr;
@@ -30,6 +31,8 @@ use tracing::info;
 pub struct Rota {
     balancer: Balancer,
     membership: Arc<Membership>,
+    /// The in-process fabric, whether to stop its instances on exit, and their grace.
+    fabric: Option<(rota_fabric::Fabric, bool, Duration)>,
     admin_addr: SocketAddr,
     control: CancellationToken,
     /// Stops the control tasks when a `Rota` is dropped without a shutdown.
@@ -47,7 +50,11 @@ impl Rota {
         let balancer = Balancer::start(&config, &registry, workers)?;
         let control = CancellationToken::new();
 
-        let membership = Arc::new(Membership::new(&config, balancer.rotation().clone(), &registry)?);
+        let membership = Arc::new(Membership::new(
+            &config,
+            balancer.rotation().clone(),
+            &registry,
+        )?);
         for pool in &config.pools {
             for backend in &pool.backends {
                 let instance = Instance {
@@ -61,6 +68,36 @@ impl Rota {
             }
         }
 
+        let mut extensions: Vec<Arc<dyn admin::AdminExtension>> = Vec::new();
+        let mut fabric_handle = None;
+        if !config.roles.is_empty() {
+            let topology = if config.fabric.external {
+                info!(state_dir = %config.fabric.state_dir.display(), "following an external fabric's topology");
+                rota_fabric::topology::follow_file(
+                    config.fabric.state_dir.join("topology.json"),
+                    EXTERNAL_TOPOLOGY_POLL,
+                    control.clone(),
+                )
+            } else {
+                let roles = config
+                    .roles
+                    .iter()
+                    .map(rota_fabric::RoleSpec::from)
+                    .collect();
+                let settings = rota_fabric::FabricSettings::from_config(&config.fabric);
+                let f = rota_fabric::Fabric::start(settings, roles, &registry).await?;
+                extensions.push(Arc::new(fabric::FabricAdmin(f.clone())));
+                let topology = f.topology();
+                fabric_handle = Some(f);
+                topology
+            };
+            tokio::spawn(fabric::follow(
+                membership.clone(),
+                topology,
+                control.clone(),
+            ));
+        }
+
         let admin_listener = admin::bind(config.admin.listen)
             .await
             .with_context(|| format!("admin API: cannot listen on {}", config.admin.listen))?;
@@ -69,13 +106,28 @@ impl Rota {
             rotation: balancer.rotation().clone(),
             endpoints: balancer.endpoints().to_vec(),
             registry: registry.clone(),
-            extensions: Vec::new(),
+            extensions,
         };
         tokio::spawn(admin::serve(admin_listener, state, control.clone()));
         tokio::spawn(tidy(balancer.rotation().clone(), control.clone()));
         info!(admin = %admin_addr, "admin API and /metrics listening");
         let _control_guard = control.clone().drop_guard();
-        Ok(Rota { balancer, membership, admin_addr, control, _control_guard, grace: config.shutdown_grace })
+        let fabric = fabric_handle.map(|f| {
+            (
+                f,
+                config.fabric.stop_instances_on_exit,
+                config.fabric.shutdown_grace,
+            )
+        });
+        Ok(Rota {
+            balancer,
+            membership,
+            fabric,
+            admin_addr,
+            control,
+            _control_guard,
+            grace: config.shutdown_grace,
+        })
     }
 
     /// The bound address of an endpoint (port 0 resolved).
@@ -100,6 +152,11 @@ impl Rota {
         &self.membership
     }
 
+    /// The in-process fabric, when the config declares roles.
+    pub fn fabric(&self) -> Option<&rota_fabric::Fabric> {
+        self.fabric.as_ref().map(|(f, _, _)| f)
+    }
+
     /// Stops accepting, lets live connections finish within the configured
     /// grace, then stops the rest. Returns true when nothing had to be cut.
     pub async fn shutdown(self) -> bool {
@@ -109,9 +166,16 @@ impl Rota {
 
     /// [`Rota::shutdown`] with an explicit grace period.
     pub async fn shutdown_within(self, grace: Duration) -> bool {
-        info!(live_connections = self.balancer.active_connections(), ?grace, "shutting down: no new connections");
+        info!(
+            live_connections = self.balancer.active_connections(),
+            ?grace,
+            "shutting down: no new connections"
+        );
         self.membership.shutdown();
         let drained = self.balancer.shutdown(grace).await;
+        if let Some((fabric, stop_instances, role_grace)) = &self.fabric {
+            fabric.shutdown(*stop_instances, *role_grace).await;
+        }
         self.control.cancel();
         drained
     }
@@ -127,9 +191,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
+/// How often a balancer re-reads an external fabric's topology file.
+const EXTERNAL_TOPOLOGY_POLL: Duration = Duration::from_millis(250);
+
 /// One data-plane worker per core.
 pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Forgets drained instances once their last connection closes.

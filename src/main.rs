@@ -43,6 +43,10 @@ enum Command {
         #[arg(long, default_value = "web-0")]
         name: String,
     },
+    /// Run a guest agent: supervise one instance's role process and serve its status.
+    Agent(Box<rota_fabric::agent::AgentArgs>),
+    /// Fabric stub: run one (`rota fabric run`) or operate it (status, scale, reboot, update, ...).
+    Fabric(rota_fabric::cli::FabricArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,7 +78,10 @@ fn main() -> ExitCode {
 
 fn init_logs() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn check(file: &std::path::Path) -> ExitCode {
@@ -83,7 +90,12 @@ fn check(file: &std::path::Path) -> ExitCode {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
             }
-            println!("{}: ok ({} endpoints, {} pools)", file.display(), loaded.config.endpoints.len(), loaded.config.pools.len());
+            println!(
+                "{}: ok ({} endpoints, {} pools)",
+                file.display(),
+                loaded.config.endpoints.len(),
+                loaded.config.pools.len()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -103,7 +115,14 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             }
             rota::run(loaded.config, shutdown).await
         }
-        (None, None) => demo(DEMO_LISTEN.parse()?, rota_config::DEFAULT_ADMIN_LISTEN.parse()?, shutdown).await,
+        (None, None) => {
+            demo(
+                DEMO_LISTEN.parse()?,
+                rota_config::DEFAULT_ADMIN_LISTEN.parse()?,
+                shutdown,
+            )
+            .await
+        }
         (None, Some(Command::Demo { listen, admin })) => demo(listen, admin, shutdown).await,
         (None, Some(Command::DemoBackend { listen, name })) => {
             let listener = tokio::net::TcpListener::bind(listen)
@@ -114,12 +133,22 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             rota_fabric::web::serve(listener, name, shutdown).await;
             Ok(())
         }
-        (Some(_), Some(_)) => anyhow::bail!("--config runs a config; it does not combine with a subcommand"),
+        (None, Some(Command::Agent(args))) => Ok(rota_fabric::agent::run(*args, shutdown).await?),
+        (None, Some(Command::Fabric(args))) => rota_fabric::cli::run(args, shutdown)
+            .await
+            .map_err(anyhow::Error::msg),
+        (Some(_), Some(_)) => {
+            anyhow::bail!("--config runs a config; it does not combine with a subcommand")
+        }
         (None, Some(Command::Check { .. })) => unreachable!("handled before the runtime starts"),
     }
 }
 
-async fn demo(listen: SocketAddr, admin: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn demo(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let demo = Demo::start(listen, admin).await?;
     print!("{}", demo.banner());
     shutdown.cancelled().await;
@@ -145,7 +174,10 @@ fn signals() -> CancellationToken {
 #[cfg(unix)]
 async fn wait_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         // Without signal handlers, Ctrl-C still ends the process the default way.
         return std::future::pending().await;
     };

@@ -54,7 +54,11 @@ pub struct Membership {
 impl Membership {
     /// Builds the probe specs of every endpoint and starts the task that
     /// applies probe reports to rotation. Call within the control runtime.
-    pub fn new(config: &Config, rotation: Arc<Rotation>, registry: &prometheus::Registry) -> anyhow::Result<Membership> {
+    pub fn new(
+        config: &Config,
+        rotation: Arc<Rotation>,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<Membership> {
         let (tx, rx) = mpsc::unbounded_channel();
         let prober = Prober::new(tx, registry)?;
         let mut plans = Vec::new();
@@ -62,7 +66,8 @@ impl Membership {
             let probe = match &ep.probe {
                 Some(p) => Some(ProbePlan {
                     spec: Arc::new(
-                        ProbeSpec::from_config(p).with_context(|| format!("endpoint {}: probe", ep.name))?,
+                        ProbeSpec::from_config(p)
+                            .with_context(|| format!("endpoint {}: probe", ep.name))?,
                     ),
                     protocol: p.protocol,
                     port: p.port,
@@ -99,7 +104,9 @@ impl Membership {
             let target = self.probe_target(plan, instance, addr);
             let probing = match &target {
                 None => Probing::None,
-                Some((_, spec)) if at_startup => Probing::AssumeHealthy(spec.kind_name().to_owned()),
+                Some((_, spec)) if at_startup => {
+                    Probing::AssumeHealthy(spec.kind_name().to_owned())
+                }
                 Some((_, spec)) => Probing::AwaitFirst(spec.kind_name().to_owned()),
             };
             let input = RotationInput::Join {
@@ -115,7 +122,11 @@ impl Membership {
             }
             if let Some((probe_addr, spec)) = target {
                 let key = TargetKey::new(plan.name.clone(), instance.name.as_str());
-                self.prober.add(Target { key: key.clone(), addr: probe_addr, spec });
+                self.prober.add(Target {
+                    key: key.clone(),
+                    addr: probe_addr,
+                    spec,
+                });
                 keys.push(key);
             }
         }
@@ -127,13 +138,18 @@ impl Membership {
     pub fn leave(&self, pool: &str, instance: &str) {
         let keys = {
             let mut targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
-            targets.remove(&(pool.to_owned(), instance.to_owned())).unwrap_or_default()
+            targets
+                .remove(&(pool.to_owned(), instance.to_owned()))
+                .unwrap_or_default()
         };
         for key in &keys {
             self.prober.remove(key);
         }
         for plan in self.plans.iter().filter(|p| p.pool == pool) {
-            let input = RotationInput::Leave { endpoint: plan.name.clone(), instance: instance.into() };
+            let input = RotationInput::Leave {
+                endpoint: plan.name.clone(),
+                instance: instance.into(),
+            };
             if let Err(e) = self.rotation.apply(input) {
                 debug!(endpoint = %plan.name, instance, error = %e, "leave of an unknown instance");
             }
@@ -160,14 +176,18 @@ impl Membership {
             // Explicit guest-agent timing: the instance's agent, or the probe port.
             Some(p) => match (instance.agent, p.port) {
                 (Some(agent), _) => Some((agent, p.spec.clone())),
-                (None, Some(port)) => Some((SocketAddr::new(member_addr.ip(), port), p.spec.clone())),
+                (None, Some(port)) => {
+                    Some((SocketAddr::new(member_addr.ip(), port), p.spec.clone()))
+                }
                 (None, None) => {
                     warn!(endpoint = %plan.name, instance = %instance.name, "guest-agent probe but no agent address: not probed");
                     None
                 }
             },
             // No LoadBalancerProbe: ask the guest agent, if the instance has one.
-            None => instance.agent.map(|agent| (agent, self.agent_default.clone())),
+            None => instance
+                .agent
+                .map(|agent| (agent, self.agent_default.clone())),
         }
     }
 

@@ -9,7 +9,12 @@ use tokio::net::TcpStream;
 #[tokio::test]
 async fn metrics_count_traffic_and_parse_as_prometheus_text() {
     let echo = Backend::start(Behaviour::Echo).await;
-    let rota = start_rota(&format!("{}{}", endpoint_toml(""), pool_toml("web", &[echo.addr]))).await;
+    let rota = start_rota(&format!(
+        "{}{}",
+        endpoint_toml(""),
+        pool_toml("web", &[echo.addr])
+    ))
+    .await;
     let addr = rota.endpoint_addr("web").unwrap();
     for _ in 0..3 {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -33,33 +38,73 @@ async fn metrics_count_traffic_and_parse_as_prometheus_text() {
     })
     .await;
     let get = |k: &str| {
-        samples.iter().find(|(s, _)| s == k).map(|(_, v)| *v).unwrap_or_else(|| panic!("no sample {k}"))
+        samples
+            .iter()
+            .find(|(s, _)| s == k)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no sample {k}"))
     };
     let inst = "endpoint=\"web\",instance=\"web-0\"";
-    assert_eq!(get("rota_endpoint_connections_accepted_total{endpoint=\"web\"}"), 3.0);
-    assert_eq!(get(&format!("rota_instance_connections_total{{{inst}}}")), 3.0);
-    assert_eq!(get(&format!("rota_instance_connections_active{{{inst}}}")), 0.0);
-    assert_eq!(get(&format!("rota_instance_sent_bytes_total{{{inst}}}")), 3000.0);
-    assert_eq!(get(&format!("rota_instance_received_bytes_total{{{inst}}}")), 3000.0);
+    assert_eq!(
+        get("rota_endpoint_connections_accepted_total{endpoint=\"web\"}"),
+        3.0
+    );
+    assert_eq!(
+        get(&format!("rota_instance_connections_total{{{inst}}}")),
+        3.0
+    );
+    assert_eq!(
+        get(&format!("rota_instance_connections_active{{{inst}}}")),
+        0.0
+    );
+    assert_eq!(
+        get(&format!("rota_instance_sent_bytes_total{{{inst}}}")),
+        3000.0
+    );
+    assert_eq!(
+        get(&format!("rota_instance_received_bytes_total{{{inst}}}")),
+        3000.0
+    );
     assert_eq!(get(&format!("rota_instance_in_rotation{{{inst}}}")), 1.0);
-    assert_eq!(get(&format!("rota_instance_connect_duration_seconds_count{{{inst}}}")), 3.0);
-    assert_eq!(get(&format!("rota_instance_connect_failures_total{{{inst}}}")), 0.0);
+    assert_eq!(
+        get(&format!(
+            "rota_instance_connect_duration_seconds_count{{{inst}}}"
+        )),
+        3.0
+    );
+    assert_eq!(
+        get(&format!("rota_instance_connect_failures_total{{{inst}}}")),
+        0.0
+    );
 }
 
 #[tokio::test]
 async fn admin_api_names_what_it_cannot_find() {
     let echo = Backend::start(Behaviour::Echo).await;
-    let rota = start_rota(&format!("{}{}", endpoint_toml(""), pool_toml("web", &[echo.addr]))).await;
+    let rota = start_rota(&format!(
+        "{}{}",
+        endpoint_toml(""),
+        pool_toml("web", &[echo.addr])
+    ))
+    .await;
     let admin = rota.admin_addr();
     let (status, body) = http("POST", admin, "/api/v1/endpoints/web/instances/nope/drain").await;
     assert_eq!(status, 404);
     assert!(body.contains("no instance named \\\"nope\\\""), "{body}");
-    let (status, body) = http("POST", admin, "/api/v1/endpoints/nope/instances/web-0/drain").await;
+    let (status, body) = http(
+        "POST",
+        admin,
+        "/api/v1/endpoints/nope/instances/web-0/drain",
+    )
+    .await;
     assert_eq!(status, 404);
     assert!(body.contains("no endpoint named"), "{body}");
     let (status, body) = http("POST", admin, "/api/v1/instances/web-0/explode").await;
     assert_eq!(status, 404);
-    assert!(body.contains("expected \\\"drain\\\" or \\\"enable\\\""), "{body}");
+    assert!(
+        body.contains("expected \\\"drain\\\" or \\\"enable\\\""),
+        "{body}"
+    );
     let (status, body) = http("GET", admin, "/api/v1/endpoints/web").await;
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();

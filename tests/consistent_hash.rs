@@ -46,7 +46,11 @@ fn one_of_n_leaving_moves_at_most_one_nth_plus_two_percent() {
         fewer.remove(n / 2);
         // The rotation writer carries the table size from one snapshot to the next.
         let after = snapshot(&fewer, &metrics, before.table_size());
-        for mode in [Distribution::FiveTuple, Distribution::SourceIp, Distribution::SourceIpProtocol] {
+        for mode in [
+            Distribution::FiveTuple,
+            Distribution::SourceIp,
+            Distribution::SourceIpProtocol,
+        ] {
             let flows = 20_000u32;
             let mut moved = 0;
             for f in 0..flows {
@@ -54,7 +58,10 @@ fn one_of_n_leaving_moves_at_most_one_nth_plus_two_percent() {
                     IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + f * 7919)),
                     1024 + (f % 50_000) as u16,
                 );
-                let flow = Flow { source, destination: dst };
+                let flow = Flow {
+                    source,
+                    destination: dst,
+                };
                 if owner(&before, mode, &flow) != owner(&after, mode, &flow) {
                     moved += 1;
                 }
@@ -62,9 +69,15 @@ fn one_of_n_leaving_moves_at_most_one_nth_plus_two_percent() {
             let share = f64::from(moved) / f64::from(flows);
             let bound = 1.0 / n as f64 + 0.02;
             eprintln!("{mode:?} n={n} moved {share:.4} bound {bound:.4}");
-            assert!(share <= bound, "{mode:?}, n={n}: {share:.4} of flows moved, bound {bound:.4}");
+            assert!(
+                share <= bound,
+                "{mode:?}, n={n}: {share:.4} of flows moved, bound {bound:.4}"
+            );
             // And it did move the departed instance's flows (about 1/n of them).
-            assert!(share >= 1.0 / n as f64 - 0.03, "{mode:?}, n={n}: only {share:.4} moved");
+            assert!(
+                share >= 1.0 / n as f64 - 0.03,
+                "{mode:?}, n={n}: only {share:.4} moved"
+            );
         }
     }
 }

@@ -41,7 +41,11 @@ impl Nginx {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start nginx");
-        Nginx { child, port, _dir: dir }
+        Nginx {
+            child,
+            port,
+            _dir: dir,
+        }
     }
 }
 
@@ -54,10 +58,17 @@ impl Drop for Nginx {
 
 /// Sends one keep-alive GET and reads the response by its Content-Length.
 async fn get(conn: &mut BufReader<TcpStream>) -> (u16, String) {
-    conn.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: nginx\r\n\r\n").await.unwrap();
+    conn.get_mut()
+        .write_all(b"GET / HTTP/1.1\r\nHost: nginx\r\n\r\n")
+        .await
+        .unwrap();
     let mut status_line = String::new();
     conn.read_line(&mut status_line).await.unwrap();
-    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let mut length = 0usize;
     loop {
         let mut h = String::new();
@@ -79,18 +90,35 @@ async fn keep_alive_requests_through_rota_reach_a_real_nginx() {
     let nginx = Nginx::start();
     let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", nginx.port).parse().unwrap();
     eventually("nginx to listen", || async {
-        TcpStream::connect(upstream).await.map(drop).map_err(|e| e.to_string())
+        TcpStream::connect(upstream)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     })
     .await;
-    let rota = start_rota(&format!("{}{}", endpoint_toml(""), pool_toml("web", &[upstream]))).await;
+    let rota = start_rota(&format!(
+        "{}{}",
+        endpoint_toml(""),
+        pool_toml("web", &[upstream])
+    ))
+    .await;
     let addr = rota.endpoint_addr("web").unwrap();
     for c in 0..4 {
         let mut conn = BufReader::new(TcpStream::connect(addr).await.unwrap());
         for r in 0..250 {
-            let (status, body) = tokio::time::timeout(DEADLINE, get(&mut conn)).await.expect("response in time");
-            assert_eq!((status, body.as_str()), (200, "nginx says hi\n"), "connection {c}, request {r}");
+            let (status, body) = tokio::time::timeout(DEADLINE, get(&mut conn))
+                .await
+                .expect("response in time");
+            assert_eq!(
+                (status, body.as_str()),
+                (200, "nginx says hi\n"),
+                "connection {c}, request {r}"
+            );
         }
     }
     let view = instance_json(rota.admin_addr(), "web", "web-0").await;
-    assert_eq!(view["connections_total"], 4, "four keep-alive connections carried 1000 requests: {view}");
+    assert_eq!(
+        view["connections_total"], 4,
+        "four keep-alive connections carried 1000 requests: {view}"
+    );
 }

@@ -29,12 +29,25 @@ fn check_accepts_every_example_config() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_rota")).arg("check").arg(&path).output().unwrap();
-            assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_rota"))
+                .arg("check")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
             checked += 1;
         }
     }
-    assert!(checked >= 2, "only {checked} example configs found in {}", dir.display());
+    assert!(
+        checked >= 2,
+        "only {checked} example configs found in {}",
+        dir.display()
+    );
 }
 
 #[test]
@@ -44,26 +57,47 @@ fn check_names_file_line_and_field_and_exits_non_zero() {
         "bad.toml",
         "[[endpoint]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\npool = \"web\"\ndistribution = \"random\"\n\n[[pool]]\nname = \"web\"\n[[pool.backend]]\nname = \"a\"\naddress = \"localhost\"\n",
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rota")).arg("check").arg(&bad).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rota"))
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     // Both errors, each with file, line, column and field.
-    assert!(err.contains("bad.toml:5:16: endpoint[0].distribution"), "{err}");
+    assert!(
+        err.contains("bad.toml:5:16: endpoint[0].distribution"),
+        "{err}"
+    );
     assert!(err.contains("\"random\""), "{err}");
-    assert!(err.contains("bad.toml:11:11: pool[0].backend[0].address"), "{err}");
+    assert!(
+        err.contains("bad.toml:11:11: pool[0].backend[0].address"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn sigterm_stops_accepting_lets_live_connections_finish_then_exits_zero() {
     let echo = Backend::start(Behaviour::Echo).await;
     let dir = TempDir::new("term");
-    let cfg = dir.write("rota.toml", &config_for(echo.addr, "shutdown_grace = \"30s\""));
+    let cfg = dir.write(
+        "rota.toml",
+        &config_for(echo.addr, "shutdown_grace = \"30s\""),
+    );
     let mut rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
-    let listen: SocketAddr = rota.log_value("endpoint listening", "listen").await.parse().unwrap();
+    let listen: SocketAddr = rota
+        .log_value("endpoint listening", "listen")
+        .await
+        .parse()
+        .unwrap();
 
     let mut live = eventually("rota to accept", || async {
-        let mut s = TcpStream::connect(listen).await.map_err(|e| e.to_string())?;
-        echo_roundtrip(&mut s, b"before").await.map_err(|e| e.to_string())?;
+        let mut s = TcpStream::connect(listen)
+            .await
+            .map_err(|e| e.to_string())?;
+        echo_roundtrip(&mut s, b"before")
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(s)
     })
     .await;
@@ -76,8 +110,13 @@ async fn sigterm_stops_accepting_lets_live_connections_finish_then_exits_zero() 
     })
     .await;
     // The connection that was open keeps working during the grace period.
-    echo_roundtrip(&mut live, b"during shutdown").await.expect("live connection still served");
-    assert!(rota.child.try_wait().unwrap().is_none(), "exited while a connection was live");
+    echo_roundtrip(&mut live, b"during shutdown")
+        .await
+        .expect("live connection still served");
+    assert!(
+        rota.child.try_wait().unwrap().is_none(),
+        "exited while a connection was live"
+    );
     drop(live);
     assert_eq!(rota.exit_code().await, Some(0), "{}", rota.stderr());
 }
@@ -86,12 +125,23 @@ async fn sigterm_stops_accepting_lets_live_connections_finish_then_exits_zero() 
 async fn a_second_signal_exits_at_once() {
     let echo = Backend::start(Behaviour::Echo).await;
     let dir = TempDir::new("twice");
-    let cfg = dir.write("rota.toml", &config_for(echo.addr, "shutdown_grace = \"10m\""));
+    let cfg = dir.write(
+        "rota.toml",
+        &config_for(echo.addr, "shutdown_grace = \"10m\""),
+    );
     let mut rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
-    let listen: SocketAddr = rota.log_value("endpoint listening", "listen").await.parse().unwrap();
+    let listen: SocketAddr = rota
+        .log_value("endpoint listening", "listen")
+        .await
+        .parse()
+        .unwrap();
     let mut live = eventually("rota to accept", || async {
-        let mut s = TcpStream::connect(listen).await.map_err(|e| e.to_string())?;
-        echo_roundtrip(&mut s, b"x").await.map_err(|e| e.to_string())?;
+        let mut s = TcpStream::connect(listen)
+            .await
+            .map_err(|e| e.to_string())?;
+        echo_roundtrip(&mut s, b"x")
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(s)
     })
     .await;
@@ -107,20 +157,37 @@ async fn a_second_signal_exits_at_once() {
 async fn grace_expiry_closes_what_is_left_and_exits_zero() {
     let echo = Backend::start(Behaviour::Echo).await;
     let dir = TempDir::new("grace");
-    let cfg = dir.write("rota.toml", &config_for(echo.addr, "shutdown_grace = \"200ms\""));
+    let cfg = dir.write(
+        "rota.toml",
+        &config_for(echo.addr, "shutdown_grace = \"200ms\""),
+    );
     let mut rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
-    let listen: SocketAddr = rota.log_value("endpoint listening", "listen").await.parse().unwrap();
+    let listen: SocketAddr = rota
+        .log_value("endpoint listening", "listen")
+        .await
+        .parse()
+        .unwrap();
     let mut live = eventually("rota to accept", || async {
-        let mut s = TcpStream::connect(listen).await.map_err(|e| e.to_string())?;
-        echo_roundtrip(&mut s, b"x").await.map_err(|e| e.to_string())?;
+        let mut s = TcpStream::connect(listen)
+            .await
+            .map_err(|e| e.to_string())?;
+        echo_roundtrip(&mut s, b"x")
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(s)
     })
     .await;
     rota.signal("TERM");
     assert_eq!(rota.exit_code().await, Some(0), "{}", rota.stderr());
-    assert!(rota.stderr().contains("shutdown grace expired"), "{}", rota.stderr());
+    assert!(
+        rota.stderr().contains("shutdown grace expired"),
+        "{}",
+        rota.stderr()
+    );
     let mut buf = [0u8; 4];
-    let r = tokio::time::timeout(DEADLINE, live.read(&mut buf)).await.expect("closed");
+    let r = tokio::time::timeout(DEADLINE, live.read(&mut buf))
+        .await
+        .expect("closed");
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
 }
 
@@ -130,7 +197,11 @@ async fn accept_survives_running_out_of_file_descriptors() {
     let dir = TempDir::new("emfile");
     let cfg = dir.write("rota.toml", &config_for(hold.addr, "workers = 1"));
     let rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
-    let listen: SocketAddr = rota.log_value("endpoint listening", "listen").await.parse().unwrap();
+    let listen: SocketAddr = rota
+        .log_value("endpoint listening", "listen")
+        .await
+        .parse()
+        .unwrap();
     // Leave rota room for a handful of connections only.
     let status = std::process::Command::new("prlimit")
         .args(["--pid", &rota.pid().to_string(), "--nofile=48:48"])
@@ -144,15 +215,22 @@ async fn accept_survives_running_out_of_file_descriptors() {
     for _ in 0..60 {
         clients.push(TcpStream::connect(listen).await.unwrap());
     }
-    rota.log_value("accept failed: out of resources", "backoff_ms").await;
+    rota.log_value("accept failed: out of resources", "backoff_ms")
+        .await;
     let warnings = rota.stderr().matches("out of resources").count();
-    assert!(warnings <= 3, "EMFILE logged {warnings} times in about a second:\n{}", rota.stderr());
+    assert!(
+        warnings <= 3,
+        "EMFILE logged {warnings} times in about a second:\n{}",
+        rota.stderr()
+    );
     drop(clients);
 
     // Descriptors free again: a new connection is proxied.
     eventually("rota to serve again after EMFILE", || async {
         let before = hold.accepted();
-        let _s = TcpStream::connect(listen).await.map_err(|e| e.to_string())?;
+        let _s = TcpStream::connect(listen)
+            .await
+            .map_err(|e| e.to_string())?;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
         while tokio::time::Instant::now() < deadline {
             if hold.accepted() > before {
@@ -171,19 +249,31 @@ async fn the_demo_serves_from_all_three_instances() {
     let balancer = eventually("the demo banner", || async {
         let out = rota.stdout();
         out.lines()
-            .find_map(|l| l.trim().strip_prefix("balancer").map(|r| r.trim().to_owned()))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("balancer")
+                    .map(|r| r.trim().to_owned())
+            })
             .and_then(|r| r.split_whitespace().next().map(|u| u.to_owned()))
             .ok_or(format!("stdout: {out}\nstderr: {}", rota.stderr()))
     })
     .await;
-    let addr: SocketAddr =
-        balancer.trim_start_matches("http://").trim_end_matches('/').parse().expect("banner address");
+    let addr: SocketAddr = balancer
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("banner address");
     let mut seen = std::collections::HashSet::new();
     for i in 0..60 {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n").await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
         let mut resp = String::new();
-        tokio::time::timeout(DEADLINE, s.read_to_string(&mut resp)).await.unwrap().unwrap();
+        tokio::time::timeout(DEADLINE, s.read_to_string(&mut resp))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(resp.starts_with("HTTP/1.1 200"), "request {i}: {resp}");
         let who = resp.lines().last().unwrap_or_default().trim().to_owned();
         seen.insert(who);
@@ -196,17 +286,33 @@ async fn a_killed_demo_instance_leaves_rotation_and_clients_keep_being_served() 
     let rota = RotaProcess::spawn(&["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
     let banner = eventually("the demo banner", || async {
         let out = rota.stdout();
-        if out.contains("Ctrl-C") { Ok(out) } else { Err(format!("stdout: {out}\nstderr: {}", rota.stderr())) }
+        if out.contains("Ctrl-C") {
+            Ok(out)
+        } else {
+            Err(format!("stdout: {out}\nstderr: {}", rota.stderr()))
+        }
     })
     .await;
     let field = |prefix: &str| -> String {
         banner
             .lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().split_whitespace().next().unwrap().to_owned()))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(prefix)
+                    .map(|r| r.split_whitespace().next().unwrap().to_owned())
+            })
             .unwrap_or_else(|| panic!("no {prefix} in {banner}"))
     };
-    let addr: SocketAddr = field("balancer").trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
-    let admin: SocketAddr = field("metrics").trim_start_matches("http://").trim_end_matches("/metrics").parse().unwrap();
+    let addr: SocketAddr = field("balancer")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let admin: SocketAddr = field("metrics")
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap();
     let pid = banner
         .lines()
         .find(|l| l.contains("instance   web-0"))
@@ -214,12 +320,20 @@ async fn a_killed_demo_instance_leaves_rotation_and_clients_keep_being_served() 
         .map(|p| p.trim_end_matches(')').to_owned())
         .unwrap_or_else(|| panic!("no pid for web-0 in {banner}"));
     await_rotation(admin, "web", "web-0", true).await;
-    let status = std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap();
     assert!(status.success());
     let v = await_rotation(admin, "web", "web-0", false).await;
     assert_eq!(v["health"]["state"], "unhealthy", "{v}");
     for i in 0..50 {
-        let who = who(addr).await.unwrap_or_else(|e| panic!("request {i} failed: {e}"));
-        assert!(who == "hello from web-1" || who == "hello from web-2", "{who}");
+        let who = who(addr)
+            .await
+            .unwrap_or_else(|e| panic!("request {i} failed: {e}"));
+        assert!(
+            who == "hello from web-1" || who == "hello from web-2",
+            "{who}"
+        );
     }
 }

@@ -18,7 +18,12 @@ async fn greeters(n: usize) -> Vec<Backend> {
 
 async fn rota_over(backends: &[Backend], extra: &str) -> rota::Rota {
     let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
-    start_rota(&format!("{}{}", endpoint_toml(extra), pool_toml("web", &addrs))).await
+    start_rota(&format!(
+        "{}{}",
+        endpoint_toml(extra),
+        pool_toml("web", &addrs)
+    ))
+    .await
 }
 
 #[tokio::test]
@@ -29,7 +34,12 @@ async fn draining_keeps_the_open_connection_and_steers_new_ones_away() {
     let admin = rota.admin_addr();
 
     let (victim, mut open) = greeted(addr).await.unwrap();
-    let (status, body) = http("POST", admin, &format!("/api/v1/endpoints/web/instances/{victim}/drain")).await;
+    let (status, body) = http(
+        "POST",
+        admin,
+        &format!("/api/v1/endpoints/web/instances/{victim}/drain"),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let view = instance_json(admin, "web", &victim).await;
     assert_eq!(view["in_rotation"], false, "{view}");
@@ -38,19 +48,30 @@ async fn draining_keeps_the_open_connection_and_steers_new_ones_away() {
 
     for i in 0..30 {
         let (line, _s) = greeted(addr).await.unwrap();
-        assert_ne!(line, victim, "new connection {i} reached the drained instance");
+        assert_ne!(
+            line, victim,
+            "new connection {i} reached the drained instance"
+        );
     }
     // The connection that was open before the drain still flows both ways.
     open.write_all(b"still here\n").await.unwrap();
     assert_eq!(read_line(&mut open).await.unwrap(), "still here");
 
-    let (status, _) = http("POST", admin, &format!("/api/v1/endpoints/web/instances/{victim}/enable")).await;
+    let (status, _) = http(
+        "POST",
+        admin,
+        &format!("/api/v1/endpoints/web/instances/{victim}/enable"),
+    )
+    .await;
     assert_eq!(status, 200);
     let mut seen = HashSet::new();
     for _ in 0..10 {
         seen.insert(greeted(addr).await.unwrap().0);
     }
-    assert!(seen.contains(&victim), "re-enabled instance gets connections again: {seen:?}");
+    assert!(
+        seen.contains(&victim),
+        "re-enabled instance gets connections again: {seen:?}"
+    );
 }
 
 #[tokio::test]
@@ -63,7 +84,10 @@ async fn a_single_instance_pool_stays_in_rotation_when_drained() {
     let view = instance_json(admin, "web", "web-0").await;
     assert_eq!(view["in_rotation"], true, "{view}");
     assert_eq!(view["admin"], "drained", "{view}");
-    assert!(view["reason"].as_str().unwrap().contains("single instance"), "{view}");
+    assert!(
+        view["reason"].as_str().unwrap().contains("single instance"),
+        "{view}"
+    );
     for _ in 0..5 {
         let (line, _s) = greeted(rota.endpoint_addr("web").unwrap()).await.unwrap();
         assert_eq!(line, "web-0");
@@ -86,13 +110,22 @@ async fn all_down_refuses_new_connections_at_once_and_counts_them() {
         match tokio::net::TcpStream::connect(addr).await {
             Ok(mut s) => {
                 let mut buf = [0u8; 8];
-                let r = tokio::time::timeout(DEADLINE, s.read(&mut buf)).await.expect("refused promptly");
-                assert!(matches!(r, Ok(0) | Err(_)), "expected a reset or end of stream, got {r:?}");
+                let r = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+                    .await
+                    .expect("refused promptly");
+                assert!(
+                    matches!(r, Ok(0) | Err(_)),
+                    "expected a reset or end of stream, got {r:?}"
+                );
             }
             Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
         }
     }
-    assert_eq!(backends[0].accepted() + backends[1].accepted(), 0, "no instance was reached");
+    assert_eq!(
+        backends[0].accepted() + backends[1].accepted(),
+        0,
+        "no instance was reached"
+    );
     let (_, metrics) = http("GET", admin, "/metrics").await;
     assert!(
         metrics.contains("rota_endpoint_connections_refused_total{endpoint=\"web\",reason=\"no_instance_in_rotation\"} 5"),
@@ -103,7 +136,11 @@ async fn all_down_refuses_new_connections_at_once_and_counts_them() {
 #[tokio::test]
 async fn fail_open_spreads_over_every_instance_when_none_is_in_rotation() {
     let backends = greeters(2).await;
-    let rota = rota_over(&backends, "all_down = \"fail-open\"\ndistribution = \"round-robin\"").await;
+    let rota = rota_over(
+        &backends,
+        "all_down = \"fail-open\"\ndistribution = \"round-robin\"",
+    )
+    .await;
     let admin = rota.admin_addr();
     for name in ["web-0", "web-1"] {
         http("POST", admin, &format!("/api/v1/instances/{name}/drain")).await;
@@ -120,7 +157,13 @@ async fn fail_open_spreads_over_every_instance_when_none_is_in_rotation() {
 #[tokio::test]
 async fn every_distribution_mode_spreads_over_all_instances() {
     let backends = greeters(3).await;
-    for mode in ["five-tuple", "source-ip", "source-ip-protocol", "round-robin", "least-connections"] {
+    for mode in [
+        "five-tuple",
+        "source-ip",
+        "source-ip-protocol",
+        "round-robin",
+        "least-connections",
+    ] {
         let rota = rota_over(&backends, &format!("distribution = \"{mode}\"")).await;
         let addr = rota.endpoint_addr("web").unwrap();
         let mut counts: HashMap<String, usize> = HashMap::new();
@@ -147,7 +190,11 @@ async fn source_ip_affinity_sends_one_client_to_one_instance() {
         let addr = rota.endpoint_addr("web").unwrap();
         let mut seen = HashSet::new();
         for _ in 0..20 {
-            seen.insert(greeted_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)), addr).await.unwrap());
+            seen.insert(
+                greeted_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)), addr)
+                    .await
+                    .unwrap(),
+            );
         }
         assert_eq!(seen.len(), 1, "{mode}: {seen:?}");
         rota.shutdown_within(std::time::Duration::ZERO).await;

@@ -45,12 +45,21 @@ pub struct Config {
     pub endpoints: Vec<EndpointConfig>,
     /// Pools of static backends, in file order.
     pub pools: Vec<PoolConfig>,
+    /// Fabric roles, in file order; an endpoint's `pool` may name one.
+    pub roles: Vec<RoleConfig>,
+    /// `[fabric]`; only used when `roles` is not empty.
+    pub fabric: FabricConfig,
 }
 
 impl Config {
     /// The pool called `name`, if there is one.
     pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
         self.pools.iter().find(|pool| pool.name == name)
+    }
+
+    /// The role called `name`, if there is one.
+    pub fn role(&self, name: &str) -> Option<&RoleConfig> {
+        self.roles.iter().find(|role| role.name == name)
     }
 
     /// The endpoint called `name`, if there is one.
@@ -80,9 +89,10 @@ impl Default for AdminConfig {
 pub struct EndpointConfig {
     pub name: String,
     pub listen: SocketAddr,
-    /// Name of the `[[pool]]` whose instances serve this endpoint.
+    /// Name of the `[[pool]]` or `[[role]]` whose instances serve this endpoint.
     pub pool: String,
-    /// Port on every instance; `None` keeps each backend's own port.
+    /// Port on every instance; `None` keeps each backend's own port. Not applied
+    /// to role instances: each has its own port, chosen by the fabric.
     pub target_port: Option<u16>,
     /// Default [`Distribution::FiveTuple`].
     pub distribution: Distribution,
@@ -312,4 +322,139 @@ pub struct BackendConfig {
     pub weight: u32,
     /// Guest-agent status address of this instance, if it has an agent.
     pub agent: Option<SocketAddr>,
+}
+
+/// Update domains of a role unless it says otherwise (Azure's default).
+pub const DEFAULT_UPDATE_DOMAINS: u32 = 5;
+/// Azure's largest update-domain count.
+pub const MAX_UPDATE_DOMAINS: u32 = 20;
+/// Fault domains a role spreads over unless it says otherwise (Azure's default).
+pub const DEFAULT_FAULT_DOMAINS: u32 = 2;
+/// Largest fault-domain count a role or the fabric may ask for.
+pub const MAX_FAULT_DOMAINS: u32 = 20;
+/// Largest instance count of one role.
+pub const MAX_ROLE_INSTANCES: u32 = 200;
+/// How often the fabric asks every guest agent for its status.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Missed heartbeats in a row after which the fabric reboots an instance.
+pub const DEFAULT_HEARTBEAT_MISSES: u32 = 3;
+/// How long a stopping instance gets before it is killed (Azure's 5 minutes).
+pub const DEFAULT_ROLE_SHUTDOWN_GRACE: Duration = Duration::from_secs(5 * 60);
+/// How long a restarted instance gets to report `Ready` during an update (Azure's 15 minutes).
+pub const DEFAULT_READY_DEADLINE: Duration = Duration::from_secs(15 * 60);
+/// How long an instance stays `Stopping` (out of rotation) before its processes are told to stop.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(2);
+/// Simulated hosts per fault domain created up front (more are added when placement needs them).
+pub const DEFAULT_HOSTS_PER_FAULT_DOMAIN: u32 = 3;
+/// The fabric's state folder when the file names none, relative to the file's folder.
+pub const DEFAULT_FABRIC_STATE_DIR: &str = ".rota-fabric";
+
+/// `[[role]]`: a kind of instance the fabric stub runs as real processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleConfig {
+    /// Also the pool name endpoints use to reach its instances.
+    pub name: String,
+    /// Instance count (1..=200).
+    pub instances: u32,
+    /// The program and its arguments, with placeholders `{port}`, `{instance}`,
+    /// `{role}`, `{disk}` and `{base}`; a program spelled `rota` is the running binary.
+    pub command: Vec<String>,
+    /// Default 5, 1..=20; instance *i* is in update domain *i mod n*.
+    pub update_domains: u32,
+    /// Default 2, 1..=20.
+    pub fault_domains: u32,
+    /// The role's read-only base image folder; default `<state_dir>/base/<role>`.
+    pub base_image: Option<PathBuf>,
+    /// HTTP path the guest agent requests on the role's port to decide `Ready`;
+    /// `None` means a TCP connect decides.
+    pub health_path: Option<String>,
+}
+
+/// How a rolling update moves from one update domain to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum UpdateMode {
+    /// `auto`: as soon as the previous update domain is `Ready` again.
+    #[default]
+    Auto,
+    /// `manual`: only when an operator says "continue".
+    Manual,
+}
+
+impl UpdateMode {
+    /// Every mode, in documentation order.
+    pub const ALL: [UpdateMode; 2] = [UpdateMode::Auto, UpdateMode::Manual];
+
+    /// The spelling used in config files and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateMode::Auto => "auto",
+            UpdateMode::Manual => "manual",
+        }
+    }
+
+    /// The mode spelled `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|mode| mode.as_str() == name)
+    }
+}
+
+impl fmt::Display for UpdateMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[fabric]`: how the fabric stub runs roles. Only read when the file has roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FabricConfig {
+    /// Where state, disks and logs live; default `.rota-fabric` beside the file.
+    pub state_dir: PathBuf,
+    /// Default 5 s.
+    pub heartbeat_interval: Duration,
+    /// Default 3: missed heartbeats in a row before an instance is rebooted.
+    pub heartbeat_misses: u32,
+    /// Default 5 min: how long a stopping instance gets before it is killed.
+    pub shutdown_grace: Duration,
+    /// Default 15 min: how long an updated instance gets to report `Ready`.
+    pub ready_deadline: Duration,
+    /// Default 2 s: an instance is out of rotation this long before it is stopped.
+    pub drain_delay: Duration,
+    /// Default [`UpdateMode::Auto`].
+    pub update_mode: UpdateMode,
+    /// Default: the largest `fault_domains` of any role.
+    pub fault_domains: u32,
+    /// Default 3.
+    pub hosts_per_fault_domain: u32,
+    /// Default false: instances keep running when rota exits (a restart re-adopts them).
+    pub stop_instances_on_exit: bool,
+    /// Default false. True: the fabric runs in its own process (`rota fabric
+    /// run` with the same `state_dir`) and the balancer follows its
+    /// `topology.json`; the balancer keeps serving if that process dies.
+    pub external: bool,
+}
+
+impl FabricConfig {
+    /// Every setting at its default, state in `state_dir`.
+    pub fn with_state_dir(state_dir: PathBuf) -> Self {
+        FabricConfig {
+            state_dir,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            heartbeat_misses: DEFAULT_HEARTBEAT_MISSES,
+            shutdown_grace: DEFAULT_ROLE_SHUTDOWN_GRACE,
+            ready_deadline: DEFAULT_READY_DEADLINE,
+            drain_delay: DEFAULT_DRAIN_DELAY,
+            update_mode: UpdateMode::Auto,
+            fault_domains: DEFAULT_FAULT_DOMAINS,
+            hosts_per_fault_domain: DEFAULT_HOSTS_PER_FAULT_DOMAIN,
+            stop_instances_on_exit: false,
+            external: false,
+        }
+    }
+}
+
+impl Default for FabricConfig {
+    /// Every setting at its default, state in `.rota-fabric` under the current folder.
+    fn default() -> Self {
+        FabricConfig::with_state_dir(PathBuf::from(DEFAULT_FABRIC_STATE_DIR))
+    }
 }

@@ -35,6 +35,39 @@ pub(crate) struct RawConfig {
     pub endpoint: Vec<Spanned<RawEndpoint>>,
     #[serde(default)]
     pub pool: Vec<Spanned<RawPool>>,
+    #[serde(default)]
+    pub role: Vec<Spanned<RawRole>>,
+    pub fabric: Option<RawFabric>,
+}
+
+/// `[[role]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRole {
+    pub name: Option<Item>,
+    pub instances: Option<Item>,
+    pub command: Option<Item>,
+    pub update_domains: Option<Item>,
+    pub fault_domains: Option<Item>,
+    pub base_image: Option<Item>,
+    pub health_path: Option<Item>,
+}
+
+/// `[fabric]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFabric {
+    pub state_dir: Option<Item>,
+    pub heartbeat_interval: Option<Item>,
+    pub heartbeat_misses: Option<Item>,
+    pub shutdown_grace: Option<Item>,
+    pub ready_deadline: Option<Item>,
+    pub drain_delay: Option<Item>,
+    pub update_mode: Option<Item>,
+    pub fault_domains: Option<Item>,
+    pub hosts_per_fault_domain: Option<Item>,
+    pub stop_instances_on_exit: Option<Item>,
+    pub external: Option<Item>,
 }
 
 /// `[admin]`

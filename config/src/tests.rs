@@ -400,13 +400,13 @@ fn unknown_field_in_a_nested_table() {
 
 #[test]
 fn unknown_table() {
-    let source = format!("{GOOD}\n[[role]]\nname = \"web\"\n");
+    let source = format!("{GOOD}\n[[service]]\nname = \"web\"\n");
     check(
         &only_error(&source),
         13,
         3,
-        "role",
-        r#"unknown field "role", expected one of "workers""#,
+        "service",
+        r#"unknown field "service", expected one of "workers""#,
     );
 }
 
@@ -743,4 +743,134 @@ fn no_input_panics() {
     ] {
         let _ = parse(hostile, "hostile.toml");
     }
+}
+
+// ----- fabric roles -----
+
+/// An endpoint served by a role instead of a pool.
+const ROLE: &str = r#"[[endpoint]]
+name = "web"
+listen = "127.0.0.1:8080"
+pool = "web"
+
+[[role]]
+name = "web"
+instances = 3
+command = ["rota", "demo-backend", "--listen", "127.0.0.1:{port}", "--name", "{instance}"]
+"#;
+
+#[test]
+fn role_defaults_and_endpoint_reference() {
+    let loaded = ok(ROLE);
+    let role = loaded.config.role("web").expect("role web");
+    assert_eq!(role.instances, 3);
+    assert_eq!(role.update_domains, DEFAULT_UPDATE_DOMAINS);
+    assert_eq!(role.fault_domains, DEFAULT_FAULT_DOMAINS);
+    assert_eq!(role.base_image, None);
+    assert_eq!(role.health_path, None);
+    assert_eq!(role.command[3], "127.0.0.1:{port}");
+    let fabric = &loaded.config.fabric;
+    assert_eq!(fabric.shutdown_grace, Duration::from_secs(300));
+    assert_eq!(fabric.ready_deadline, Duration::from_secs(900));
+    assert_eq!(fabric.update_mode, UpdateMode::Auto);
+    assert_eq!(fabric.fault_domains, 2);
+    assert!(fabric.state_dir.ends_with(DEFAULT_FABRIC_STATE_DIR));
+    assert!(loaded.config.pools.is_empty());
+}
+
+#[test]
+fn fabric_settings_are_read() {
+    let source = format!(
+        "{ROLE}update_domains = 20\nfault_domains = 3\nhealth_path = \"/health\"\n\n[fabric]\nstate_dir = \"/tmp/x\"\nheartbeat_interval = \"200ms\"\nheartbeat_misses = 2\nshutdown_grace = \"10s\"\nready_deadline = \"30s\"\ndrain_delay = \"100ms\"\nupdate_mode = \"manual\"\nhosts_per_fault_domain = 4\nstop_instances_on_exit = true\nexternal = true\n"
+    );
+    let config = ok(&source).config;
+    let role = config.role("web").unwrap();
+    assert_eq!((role.update_domains, role.fault_domains), (20, 3));
+    assert_eq!(role.health_path.as_deref(), Some("/health"));
+    let f = &config.fabric;
+    assert_eq!(f.state_dir, PathBuf::from("/tmp/x"));
+    assert_eq!(f.heartbeat_interval, Duration::from_millis(200));
+    assert_eq!(f.heartbeat_misses, 2);
+    assert_eq!(f.shutdown_grace, Duration::from_secs(10));
+    assert_eq!(f.ready_deadline, Duration::from_secs(30));
+    assert_eq!(f.drain_delay, Duration::from_millis(100));
+    assert_eq!(f.update_mode, UpdateMode::Manual);
+    assert_eq!(f.fault_domains, 3, "defaults to the widest role");
+    assert_eq!(f.hosts_per_fault_domain, 4);
+    assert!(f.stop_instances_on_exit);
+    assert!(f.external);
+}
+
+#[test]
+fn role_and_pool_may_not_share_a_name() {
+    let source = format!("{ROLE}\n[[pool]]\nname = \"web\"\n[[pool.backend]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n");
+    check(
+        &only_error(&source),
+        7,
+        8,
+        "role[0].name",
+        r#"expected a role name not used by a [[pool]], found "web""#,
+    );
+}
+
+#[test]
+fn unknown_reference_names_pools_and_roles() {
+    let source = ROLE.replace("pool = \"web\"", "pool = \"wbe\"");
+    check(
+        &only_error(&source),
+        4,
+        8,
+        "endpoint[0].pool",
+        r#"expected the name of a pool or role ("web"), found "wbe" (did you mean "web"?)"#,
+    );
+}
+
+#[test]
+fn bad_role_settings_are_all_reported() {
+    let source = ROLE
+        .replace("instances = 3", "instances = 0")
+        .replace("{instance}", "{name}")
+        + "update_domains = 21\n\n[fabric]\nupdate_mode = \"rolling\"\n";
+    let all = errors(&source);
+    assert_eq!(all.len(), 4, "{all:#?}");
+    check(
+        &all[0],
+        8,
+        13,
+        "role[0].instances",
+        "expected an instance count from 1 to 200, found 0",
+    );
+    check(
+        &all[1],
+        9,
+        11,
+        "role[0].command",
+        "found {name} in \"{name}\"",
+    );
+    check(
+        &all[2],
+        10,
+        18,
+        "role[0].update_domains",
+        "from 1 to 20, found 21",
+    );
+    check(
+        &all[3],
+        13,
+        15,
+        "fabric.update_mode",
+        r#"expected one of "auto", "manual", found "rolling""#,
+    );
+}
+
+#[test]
+fn role_without_command() {
+    let source = ROLE.replace("command = [", "# [");
+    check(
+        &only_error(&source),
+        6,
+        1,
+        "role[0].command",
+        "missing field, expected a command",
+    );
 }

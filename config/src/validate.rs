@@ -10,12 +10,14 @@ use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use toml::Value;
+use toml::{Spanned, Value};
 
 use crate::diagnostic::{closest, Diagnostic, SourceMap};
 use crate::duration::{format_duration, parse_duration};
 use crate::model::*;
-use crate::raw::{Item, RawBackend, RawConfig, RawEndpoint, RawPool, RawProbe, RawTls};
+use crate::raw::{
+    Item, RawBackend, RawConfig, RawEndpoint, RawFabric, RawPool, RawProbe, RawRole, RawTls,
+};
 use crate::Loaded;
 
 /// No duration setting may exceed this: it keeps later `Instant` arithmetic safe.
@@ -30,6 +32,10 @@ const MAX_CONNECT_ATTEMPTS: i64 = 16;
 const MAX_WEIGHT: i64 = 100;
 const MAX_RISE_FALL: i64 = 100;
 const PORTS: RangeInclusive<i64> = 1..=65535;
+const MAX_HEARTBEAT_MISSES: i64 = 100;
+const MAX_HOSTS_PER_FAULT_DOMAIN: i64 = 100;
+/// Placeholders a role's command may use.
+const PLACEHOLDERS: [&str; 5] = ["port", "instance", "role", "disk", "base"];
 
 /// Validates `raw`, read from the source behind `map`. Relative paths in the
 /// file are resolved against `base_dir` when one is given.
@@ -77,10 +83,10 @@ struct EndpointsSeen {
     listeners: HashMap<String, Seen>,
 }
 
-/// Something an endpoint's `pool` may refer to. Only pools exist today; fabric
-/// roles will join them here, so that a reference resolves against both.
+/// Something an endpoint's `pool` may refer to: a `[[pool]]` or a `[[role]]`.
 struct Target {
     name: String,
+    role: bool,
 }
 
 struct Checker<'a> {
@@ -349,11 +355,46 @@ impl Checker<'_> {
                 pools.push(pool);
             }
         }
+        // Roles share the pools' name space: an endpoint's `pool` names either.
+        let mut role_names = HashMap::new();
+        let mut roles = Vec::new();
+        for (index, role) in raw.role.iter().enumerate() {
+            let field = format!("role[{index}]");
+            let built = self.role(role.get_ref(), &role.span(), &field, &mut role_names);
+            if let (Some(role), Some(item)) = (&built, &role.get_ref().name) {
+                if pools.iter().any(|pool| pool.name == role.name) {
+                    let message = format!(
+                        "expected a role name not used by a [[pool]], found {:?} (a pool has that name too, so an endpoint naming it would be ambiguous)",
+                        role.name
+                    );
+                    self.error(&item.span(), &format!("{field}.name"), message);
+                }
+            }
+            roles.extend(built);
+        }
+        let fabric = self.fabric(raw.fabric.as_ref(), &roles);
+
         let targets: Vec<Target> = pools
             .iter()
             .map(|pool| Target {
                 name: pool.name.clone(),
+                role: false,
             })
+            // A role whose other settings are wrong still answers to its name, so
+            // an endpoint naming it draws no second, misleading error.
+            .chain(
+                raw.role
+                    .iter()
+                    .filter_map(
+                        |role| match role.get_ref().name.as_ref().map(Spanned::get_ref) {
+                            Some(Value::String(name)) if role_names.contains_key(name) => {
+                                Some(name.clone())
+                            }
+                            _ => None,
+                        },
+                    )
+                    .map(|name| Target { name, role: true }),
+            )
             .collect();
 
         if raw.endpoint.is_empty() {
@@ -387,6 +428,8 @@ impl Checker<'_> {
             shutdown_grace,
             endpoints,
             pools,
+            roles,
+            fabric,
         }
     }
 
@@ -538,21 +581,26 @@ impl Checker<'_> {
         })
     }
 
-    /// An endpoint's `pool`: the name of a pool defined in the file.
+    /// An endpoint's `pool`: the name of a pool or a role defined in the file.
     fn reference(&mut self, item: &Item, field: &str, targets: &[Target]) -> Option<String> {
         let name = self.name(item, field, "a pool name")?;
         if targets.iter().any(|target| target.name == name) {
             return Some(name);
         }
+        let what = if targets.iter().any(|target| target.role) {
+            "a pool or role"
+        } else {
+            "a pool"
+        };
         let message = if targets.is_empty() {
-            format!("expected the name of a pool, found {name:?} (the file defines no [[pool]])")
+            format!("expected the name of a pool or role, found {name:?} (the file defines no [[pool]] or [[role]])")
         } else {
             let known: Vec<String> = targets.iter().map(|t| format!("{:?}", t.name)).collect();
             let hint = closest(&name, targets.iter().map(|t| t.name.as_str()))
                 .map(|close| format!(" (did you mean {close:?}?)"))
                 .unwrap_or_default();
             format!(
-                "expected the name of a pool ({}), found {name:?}{hint}",
+                "expected the name of {what} ({}), found {name:?}{hint}",
                 known.join(", ")
             )
         };
@@ -863,6 +911,261 @@ impl Checker<'_> {
             .and_then(|item| self.socket_addr(item, &field("agent")));
         (weight, agent)
     }
+
+    // ----- fabric roles -----
+
+    fn role(
+        &mut self,
+        raw: &RawRole,
+        table: &Range<usize>,
+        at: &str,
+        names: &mut HashMap<String, Seen>,
+    ) -> Option<RoleConfig> {
+        let field = |key: &str| format!("{at}.{key}");
+        let name = self
+            .required(raw.name.as_ref(), table, &field("name"), "a role name")
+            .and_then(|item| self.name(item, &field("name"), "a role name"));
+        if let (Some(name), Some(item)) = (&name, &raw.name) {
+            self.unique(
+                names,
+                name.clone(),
+                &item.span(),
+                &field("name"),
+                "role name",
+            );
+        }
+        let max = i64::from(MAX_ROLE_INSTANCES);
+        let instances = self
+            .required(
+                raw.instances.as_ref(),
+                table,
+                &field("instances"),
+                "an instance count",
+            )
+            .and_then(|item| self.u32_in(item, &field("instances"), 1..=max, "an instance count"));
+        let command = self
+            .required(
+                raw.command.as_ref(),
+                table,
+                &field("command"),
+                r#"a command like ["rota", "demo-backend", "--listen", "127.0.0.1:{port}"]"#,
+            )
+            .and_then(|item| self.command(item, &field("command")));
+        let max = i64::from(MAX_UPDATE_DOMAINS);
+        let update_domains = raw
+            .update_domains
+            .as_ref()
+            .and_then(|item| {
+                self.u32_in(
+                    item,
+                    &field("update_domains"),
+                    1..=max,
+                    "an update-domain count",
+                )
+            })
+            .unwrap_or(DEFAULT_UPDATE_DOMAINS);
+        let max = i64::from(MAX_FAULT_DOMAINS);
+        let fault_domains = raw
+            .fault_domains
+            .as_ref()
+            .and_then(|item| {
+                self.u32_in(
+                    item,
+                    &field("fault_domains"),
+                    1..=max,
+                    "a fault-domain count",
+                )
+            })
+            .unwrap_or(DEFAULT_FAULT_DOMAINS);
+        let base_image = raw.base_image.as_ref().and_then(|item| {
+            let text = self.string(item, &field("base_image"), "a folder path")?;
+            if text.is_empty() {
+                self.error(
+                    &item.span(),
+                    &field("base_image"),
+                    r#"expected a folder path, found """#,
+                );
+                return None;
+            }
+            Some(self.resolve_path(text))
+        });
+        let health_path = raw.health_path.as_ref().and_then(|item| {
+            let text = self.string(item, &field("health_path"), r#"a path starting with "/""#)?;
+            if !text.starts_with('/') || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                let message = format!(r#"expected a path starting with "/", found {text:?}"#);
+                self.error(&item.span(), &field("health_path"), message);
+                return None;
+            }
+            Some(text.to_string())
+        });
+        Some(RoleConfig {
+            name: name?,
+            instances: instances?,
+            command: command?,
+            update_domains,
+            fault_domains,
+            base_image,
+            health_path,
+        })
+    }
+
+    /// A role's command: a non-empty array of strings whose placeholders are known.
+    fn command(&mut self, item: &Item, field: &str) -> Option<Vec<String>> {
+        const EXPECTED: &str = "an array of strings, the program first";
+        let Value::Array(values) = item.get_ref() else {
+            let message = format!("expected {EXPECTED}, found {}", typed(item.get_ref()));
+            self.error(&item.span(), field, message);
+            return None;
+        };
+        if values.is_empty() {
+            self.error(
+                &item.span(),
+                field,
+                format!("expected {EXPECTED}, found an empty array"),
+            );
+            return None;
+        }
+        let mut command = Vec::new();
+        for (index, value) in values.iter().enumerate() {
+            let Value::String(text) = value else {
+                let message = format!(
+                    "expected {EXPECTED}, found {} at index {index}",
+                    typed(value)
+                );
+                self.error(&item.span(), field, message);
+                return None;
+            };
+            if let Some(unknown) = unknown_placeholder(text) {
+                let known: Vec<String> = PLACEHOLDERS.iter().map(|p| format!("{{{p}}}")).collect();
+                let message = format!(
+                    "expected placeholders among {}, found {{{unknown}}} in {text:?}",
+                    known.join(", ")
+                );
+                self.error(&item.span(), field, message);
+                return None;
+            }
+            command.push(text.clone());
+        }
+        if command[0].is_empty() {
+            self.error(
+                &item.span(),
+                field,
+                "expected a program name first, found \"\"",
+            );
+            return None;
+        }
+        Some(command)
+    }
+
+    /// `[fabric]`: every setting, with defaults; `fault_domains` defaults to the
+    /// largest count any role asks for.
+    fn fabric(&mut self, raw: Option<&RawFabric>, roles: &[RoleConfig]) -> FabricConfig {
+        let widest = roles
+            .iter()
+            .map(|role| role.fault_domains)
+            .max()
+            .unwrap_or(DEFAULT_FAULT_DOMAINS);
+        let mut fabric = FabricConfig::with_state_dir(self.resolve_path(DEFAULT_FABRIC_STATE_DIR));
+        fabric.fault_domains = widest;
+        let Some(raw) = raw else {
+            return fabric;
+        };
+        let field = |key: &str| format!("fabric.{key}");
+        if let Some(item) = &raw.state_dir {
+            if let Some(text) = self.string(item, &field("state_dir"), "a folder path") {
+                if text.is_empty() {
+                    self.error(
+                        &item.span(),
+                        &field("state_dir"),
+                        r#"expected a folder path, found """#,
+                    );
+                } else {
+                    fabric.state_dir = self.resolve_path(text);
+                }
+            }
+        }
+        if let Some(item) = &raw.heartbeat_interval {
+            let what = "a heartbeat interval";
+            if let Some(d) =
+                self.duration_at_least(item, &field("heartbeat_interval"), MIN_IDLE_TIMEOUT, what)
+            {
+                fabric.heartbeat_interval = d;
+            }
+        }
+        if let Some(item) = &raw.heartbeat_misses {
+            let range = 1..=MAX_HEARTBEAT_MISSES;
+            if let Some(n) = self.u32_in(item, &field("heartbeat_misses"), range, "a count") {
+                fabric.heartbeat_misses = n;
+            }
+        }
+        if let Some(item) = &raw.shutdown_grace {
+            if let Some(d) = self.duration(item, &field("shutdown_grace")) {
+                fabric.shutdown_grace = d;
+            }
+        }
+        if let Some(item) = &raw.ready_deadline {
+            let what = "a ready deadline";
+            if let Some(d) = self.duration_at_least(item, &field("ready_deadline"), POSITIVE, what)
+            {
+                fabric.ready_deadline = d;
+            }
+        }
+        if let Some(item) = &raw.drain_delay {
+            if let Some(d) = self.duration(item, &field("drain_delay")) {
+                fabric.drain_delay = d;
+            }
+        }
+        if let Some(item) = &raw.update_mode {
+            if let Some(mode) = self.choice(
+                item,
+                &field("update_mode"),
+                &UpdateMode::ALL,
+                UpdateMode::as_str,
+            ) {
+                fabric.update_mode = mode;
+            }
+        }
+        if let Some(item) = &raw.fault_domains {
+            let max = i64::from(MAX_FAULT_DOMAINS);
+            if let Some(n) = self.u32_in(
+                item,
+                &field("fault_domains"),
+                1..=max,
+                "a fault-domain count",
+            ) {
+                if n < widest {
+                    let message = format!(
+                        "expected at least {widest} fault domains (a role spreads over that many), found {n}"
+                    );
+                    self.error(&item.span(), &field("fault_domains"), message);
+                } else {
+                    fabric.fault_domains = n;
+                }
+            }
+        }
+        if let Some(item) = &raw.hosts_per_fault_domain {
+            let range = 1..=MAX_HOSTS_PER_FAULT_DOMAIN;
+            if let Some(n) = self.u32_in(
+                item,
+                &field("hosts_per_fault_domain"),
+                range,
+                "a host count",
+            ) {
+                fabric.hosts_per_fault_domain = n;
+            }
+        }
+        if let Some(item) = &raw.stop_instances_on_exit {
+            if let Some(flag) = self.boolean(item, &field("stop_instances_on_exit")) {
+                fabric.stop_instances_on_exit = flag;
+            }
+        }
+        if let Some(item) = &raw.external {
+            if let Some(flag) = self.boolean(item, &field("external")) {
+                fabric.external = flag;
+            }
+        }
+        fabric
+    }
 }
 
 /// A value with its TOML type spelled out: `a string "three"`, `an integer 3`.
@@ -895,4 +1198,21 @@ fn address_hint(text: &str) -> &'static str {
         }
         Some(_) => "",
     }
+}
+
+/// The first `{name}` in `text` that is not a known placeholder. `{{` and `}}`
+/// are not special: commands rarely need braces, and a typo should not pass.
+fn unknown_placeholder(text: &str) -> Option<String> {
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        // An unclosed brace is plain text.
+        let close = after.find('}')?;
+        let name = &after[..close];
+        if !PLACEHOLDERS.contains(&name) {
+            return Some(name.to_string());
+        }
+        rest = &after[close + 1..];
+    }
+    None
 }

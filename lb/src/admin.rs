@@ -105,50 +105,83 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
     let path = req.uri().path().to_owned();
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return json((StatusCode::PAYLOAD_TOO_LARGE, error_body("request body over 64 KiB"))),
+        Err(_) => {
+            return json((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                error_body("request body over 64 KiB"),
+            ))
+        }
     };
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&method, segments.as_slice()) {
         (&Method::GET, ["metrics"]) => metrics(&state.registry),
         (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, ["api", "v1", "endpoints"]) => {
-            json((StatusCode::OK, serde_json::json!({ "endpoints": state.rotation.describe(&state.endpoints) })))
-        }
+        (&Method::GET, ["api", "v1", "endpoints"]) => json((
+            StatusCode::OK,
+            serde_json::json!({ "endpoints": state.rotation.describe(&state.endpoints) }),
+        )),
         (&Method::GET, ["api", "v1", "endpoints", name]) => {
-            match state.rotation.describe(&state.endpoints).into_iter().find(|e| e.name == *name) {
+            match state
+                .rotation
+                .describe(&state.endpoints)
+                .into_iter()
+                .find(|e| e.name == *name)
+            {
                 Some(e) => json((StatusCode::OK, serde_json::json!(e))),
-                None => json((StatusCode::NOT_FOUND, error_body(&format!("no endpoint named {name:?}")))),
+                None => json((
+                    StatusCode::NOT_FOUND,
+                    error_body(&format!("no endpoint named {name:?}")),
+                )),
             }
         }
         (&Method::POST, ["api", "v1", "endpoints", endpoint, "instances", instance, action]) => {
             admin_action(state, Some(endpoint), instance, action)
         }
-        (&Method::POST, ["api", "v1", "instances", instance, action]) => admin_action(state, None, instance, action),
+        (&Method::POST, ["api", "v1", "instances", instance, action]) => {
+            admin_action(state, None, instance, action)
+        }
         _ => {
             for ext in &state.extensions {
                 if let Some(fut) = ext.handle(&method, &path, body.clone()) {
                     return json(fut.await);
                 }
             }
-            json((StatusCode::NOT_FOUND, error_body(&format!("no route for {method} {path}"))))
+            json((
+                StatusCode::NOT_FOUND,
+                error_body(&format!("no route for {method} {path}")),
+            ))
         }
     }
 }
 
-fn admin_action(state: &AdminState, endpoint: Option<&str>, instance: &str, action: &str) -> Response<Full<Bytes>> {
+fn admin_action(
+    state: &AdminState,
+    endpoint: Option<&str>,
+    instance: &str,
+    action: &str,
+) -> Response<Full<Bytes>> {
     let action = match action {
         "drain" => AdminAction::Drain,
         "enable" => AdminAction::Enable,
         other => {
             return json((
                 StatusCode::NOT_FOUND,
-                error_body(&format!("unknown action {other:?}: expected \"drain\" or \"enable\"")),
+                error_body(&format!(
+                    "unknown action {other:?}: expected \"drain\" or \"enable\""
+                )),
             ))
         }
     };
-    let input = RotationInput::Admin { endpoint: endpoint.map(Arc::from), instance: Arc::from(instance), action };
+    let input = RotationInput::Admin {
+        endpoint: endpoint.map(Arc::from),
+        instance: Arc::from(instance),
+        action,
+    };
     match state.rotation.apply(input) {
-        Ok(n) => json((StatusCode::OK, serde_json::json!({ "instance": instance, "action": format!("{action:?}").to_lowercase(), "endpoints_changed": n }))),
+        Ok(n) => json((
+            StatusCode::OK,
+            serde_json::json!({ "instance": instance, "action": format!("{action:?}").to_lowercase(), "endpoints_changed": n }),
+        )),
         Err(e @ (RotationError::UnknownEndpoint(_) | RotationError::UnknownInstance(_))) => {
             json((StatusCode::NOT_FOUND, error_body(&e.to_string())))
         }
@@ -159,7 +192,10 @@ fn metrics(registry: &Registry) -> Response<Full<Bytes>> {
     let encoder = TextEncoder::new();
     let mut buf = Vec::new();
     if let Err(e) = encoder.encode(&registry.gather(), &mut buf) {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("metrics encoding failed: {e}\n"));
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("metrics encoding failed: {e}\n"),
+        );
     }
     let mut resp = Response::new(Full::new(Bytes::from(buf)));
     resp.headers_mut().insert(
@@ -178,13 +214,17 @@ fn json((status, value): Reply) -> Response<Full<Bytes>> {
     body.push(b'\n');
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }

@@ -31,7 +31,11 @@ pub struct Balancer {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("endpoint {endpoint}: cannot listen on {addr}: {source}")]
-    Bind { endpoint: String, addr: std::net::SocketAddr, source: io::Error },
+    Bind {
+        endpoint: String,
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
     #[error("cannot start data-plane worker: {0}")]
     Worker(io::Error),
     #[error("cannot register metrics: {0}")]
@@ -41,18 +45,23 @@ pub enum StartError {
 impl Balancer {
     /// Binds every endpoint and starts `workers` data-plane threads (at least one).
     /// Pools start empty: members arrive through [`Rotation::apply`].
-    pub fn start(config: &Config, registry: &prometheus::Registry, workers: usize) -> Result<Balancer, StartError> {
+    pub fn start(
+        config: &Config,
+        registry: &prometheus::Registry,
+        workers: usize,
+    ) -> Result<Balancer, StartError> {
         let workers = workers.max(1);
         let metrics = Metrics::register(registry)?;
         let mut endpoints = Vec::new();
         let mut per_worker: Vec<Vec<(Arc<Endpoint>, std::net::TcpListener)>> =
             (0..workers).map(|_| Vec::new()).collect();
         for cfg in &config.endpoints {
-            let (ep, sockets) = Endpoint::bind(cfg, &metrics, workers).map_err(|source| StartError::Bind {
-                endpoint: cfg.name.clone(),
-                addr: cfg.listen,
-                source,
-            })?;
+            let (ep, sockets) =
+                Endpoint::bind(cfg, &metrics, workers).map_err(|source| StartError::Bind {
+                    endpoint: cfg.name.clone(),
+                    addr: cfg.listen,
+                    source,
+                })?;
             info!(endpoint = %ep.name, listen = %ep.listen, distribution = ep.distribution.as_str(), "endpoint listening");
             for (i, s) in sockets.into_iter().enumerate() {
                 per_worker[i].push((ep.clone(), s));
@@ -84,7 +93,14 @@ impl Balancer {
                 .map_err(StartError::Worker)?;
             threads.push(handle);
         }
-        Ok(Balancer { endpoints, rotation, metrics, stop_accepting, hard_stop, workers: threads })
+        Ok(Balancer {
+            endpoints,
+            rotation,
+            metrics,
+            stop_accepting,
+            hard_stop,
+            workers: threads,
+        })
     }
 
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {

@@ -23,7 +23,8 @@ thread_local! {
 
 /// Takes a buffer from this thread's free list, or allocates one.
 fn take_buf() -> Box<[u8]> {
-    FREE.with(|f| f.borrow_mut().pop()).unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
+    FREE.with(|f| f.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
 }
 
 fn give_buf(buf: Box<[u8]>) {
@@ -58,7 +59,13 @@ struct Half {
 
 impl Half {
     fn new() -> Half {
-        Half { buf: None, start: 0, end: 0, eof: false, finished: false }
+        Half {
+            buf: None,
+            start: 0,
+            end: 0,
+            eof: false,
+            finished: false,
+        }
     }
 
     fn release(&mut self) {

@@ -88,7 +88,11 @@ fn unix_seconds() -> u64 {
         .unwrap_or(0)
 }
 
-fn listen_socket(addr: SocketAddr, backlog: u32, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+fn listen_socket(
+    addr: SocketAddr,
+    backlog: u32,
+    reuse_port: bool,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     #[cfg(unix)]
@@ -108,7 +112,11 @@ fn listen_socket(addr: SocketAddr, backlog: u32, reuse_port: bool) -> io::Result
 /// ENOBUFS, ENOMEM) backs off, doubling up to a second, and is logged at most
 /// once a second; per-connection errors (a client that reset before accept)
 /// are retried at once.
-pub async fn accept_loop(endpoint: Arc<Endpoint>, listener: std::net::TcpListener, stop: CancellationToken) {
+pub async fn accept_loop(
+    endpoint: Arc<Endpoint>,
+    listener: std::net::TcpListener,
+    stop: CancellationToken,
+) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {

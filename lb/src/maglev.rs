@@ -23,9 +23,15 @@ impl Maglev {
     pub fn build<'a>(slots: impl ExactSizeIterator<Item = (&'a str, u32)>, size: usize) -> Maglev {
         let n = slots.len();
         if n == 0 {
-            return Maglev { table: Box::new([]) };
+            return Maglev {
+                table: Box::new([]),
+            };
         }
-        let size = if is_prime(size) { size } else { next_prime(size.max(MIN_TABLE_SIZE)) };
+        let size = if is_prime(size) {
+            size
+        } else {
+            next_prime(size.max(MIN_TABLE_SIZE))
+        };
         let (offsets, skips, weights): (Vec<usize>, Vec<usize>, Vec<u32>) = {
             let mut o = Vec::with_capacity(n);
             let mut s = Vec::with_capacity(n);
@@ -60,7 +66,9 @@ impl Maglev {
                 }
             }
         }
-        Maglev { table: table.into_boxed_slice() }
+        Maglev {
+            table: table.into_boxed_slice(),
+        }
     }
 
     /// The table size for a pool whose members weigh `total_weight` in all,
@@ -132,7 +140,7 @@ fn is_prime(n: usize) -> bool {
     }
     let mut d = 2;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;
@@ -149,7 +157,10 @@ mod tests {
     }
 
     fn build(names: &[String]) -> Maglev {
-        Maglev::build(names.iter().map(|n| (n.as_str(), 1)), Maglev::size_for(names.len(), 0))
+        Maglev::build(
+            names.iter().map(|n| (n.as_str(), 1)),
+            Maglev::size_for(names.len(), 0),
+        )
     }
 
     #[test]

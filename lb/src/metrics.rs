@@ -79,11 +79,17 @@ impl Metrics {
         let inst = &["endpoint", "instance"];
         let m = Metrics {
             accepted: IntCounterVec::new(
-                Opts::new("rota_endpoint_connections_accepted_total", "Client connections accepted."),
+                Opts::new(
+                    "rota_endpoint_connections_accepted_total",
+                    "Client connections accepted.",
+                ),
                 ep,
             )?,
             active: IntGaugeVec::new(
-                Opts::new("rota_endpoint_connections_active", "Client connections open now."),
+                Opts::new(
+                    "rota_endpoint_connections_active",
+                    "Client connections open now.",
+                ),
                 ep,
             )?,
             refused: IntCounterVec::new(
@@ -94,19 +100,31 @@ impl Metrics {
                 &["endpoint", "reason"],
             )?,
             in_rotation: IntGaugeVec::new(
-                Opts::new("rota_instance_in_rotation", "1 when the instance receives new connections."),
+                Opts::new(
+                    "rota_instance_in_rotation",
+                    "1 when the instance receives new connections.",
+                ),
                 inst,
             )?,
             member_active: IntGaugeVec::new(
-                Opts::new("rota_instance_connections_active", "Connections open to the instance now."),
+                Opts::new(
+                    "rota_instance_connections_active",
+                    "Connections open to the instance now.",
+                ),
                 inst,
             )?,
             member_total: IntCounterVec::new(
-                Opts::new("rota_instance_connections_total", "Connections made to the instance."),
+                Opts::new(
+                    "rota_instance_connections_total",
+                    "Connections made to the instance.",
+                ),
                 inst,
             )?,
             sent: IntCounterVec::new(
-                Opts::new("rota_instance_sent_bytes_total", "Bytes forwarded from clients to the instance."),
+                Opts::new(
+                    "rota_instance_sent_bytes_total",
+                    "Bytes forwarded from clients to the instance.",
+                ),
                 inst,
             )?,
             received: IntCounterVec::new(
@@ -129,8 +147,8 @@ impl Metrics {
                     "Time to establish a connection to the instance.",
                 )
                 .buckets(vec![
-                    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5, 5.0,
+                    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0, 2.5, 5.0,
                 ]),
                 inst,
             )?,
@@ -179,8 +197,12 @@ impl Metrics {
             received_bytes: self.received.with_label_values(l),
             connect_failures: self.connect_failures.with_label_values(l),
             connect_seconds: self.connect_seconds.with_label_values(l),
-            transitions_in: self.transitions.with_label_values(&[endpoint, instance, "in"]),
-            transitions_out: self.transitions.with_label_values(&[endpoint, instance, "out"]),
+            transitions_in: self
+                .transitions
+                .with_label_values(&[endpoint, instance, "in"]),
+            transitions_out: self
+                .transitions
+                .with_label_values(&[endpoint, instance, "out"]),
         }
     }
 
@@ -194,7 +216,11 @@ impl Metrics {
         let _ = self.received.remove_label_values(l);
         let _ = self.connect_failures.remove_label_values(l);
         let _ = self.connect_seconds.remove_label_values(l);
-        let _ = self.transitions.remove_label_values(&[endpoint, instance, "in"]);
-        let _ = self.transitions.remove_label_values(&[endpoint, instance, "out"]);
+        let _ = self
+            .transitions
+            .remove_label_values(&[endpoint, instance, "in"]);
+        let _ = self
+            .transitions
+            .remove_label_values(&[endpoint, instance, "out"]);
     }
 }

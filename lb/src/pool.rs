@@ -69,7 +69,12 @@ pub struct Health {
 
 impl Health {
     pub fn unprobed() -> Health {
-        Health { state: HealthState::Unprobed, kind: String::new(), last_result: String::new(), last_success: None }
+        Health {
+            state: HealthState::Unprobed,
+            kind: String::new(),
+            last_result: String::new(),
+            last_success: None,
+        }
     }
 
     /// A probed instance before its first verdict.
@@ -142,7 +147,8 @@ impl Flow {
             Distribution::SourceIpProtocol => mix64(src ^ mix64(dst ^ (TCP << 56))),
             // Round robin and least connections do not hash; five-tuple is the default.
             _ => {
-                let ports = (u64::from(self.source.port()) << 16) | u64::from(self.destination.port());
+                let ports =
+                    (u64::from(self.source.port()) << 16) | u64::from(self.destination.port());
                 mix64(src ^ mix64(dst ^ mix64(ports | (TCP << 32))))
             }
         }
@@ -170,14 +176,20 @@ impl PoolSnapshot {
         fail_open: bool,
         table_size: usize,
     ) -> PoolSnapshot {
-        let mut candidates: Vec<Arc<Member>> =
-            members.iter().filter(|m| m.in_rotation).map(|m| m.member.clone()).collect();
+        let mut candidates: Vec<Arc<Member>> = members
+            .iter()
+            .filter(|m| m.in_rotation)
+            .map(|m| m.member.clone())
+            .collect();
         let mut failing_open = false;
         if candidates.is_empty() && fail_open {
             candidates = members.iter().map(|m| m.member.clone()).collect();
             failing_open = !candidates.is_empty();
         }
-        let total_weight: usize = members.iter().map(|m| m.member.weight.max(1) as usize).sum();
+        let total_weight: usize = members
+            .iter()
+            .map(|m| m.member.weight.max(1) as usize)
+            .sum();
         let table_size = Maglev::size_for(total_weight, table_size);
         let table = Maglev::build(candidates.iter().map(|m| (&*m.name, m.weight)), table_size);
         let mut ring = Vec::new();
@@ -237,7 +249,9 @@ impl PoolSnapshot {
                 let t = turn.fetch_add(1, Ordering::Relaxed);
                 Some(self.ring[t % self.ring.len()] as usize)
             }
-            Distribution::LeastConnections => Some(self.least_loaded(turn.fetch_add(1, Ordering::Relaxed))),
+            Distribution::LeastConnections => {
+                Some(self.least_loaded(turn.fetch_add(1, Ordering::Relaxed)))
+            }
         }
     }
 
@@ -317,9 +331,15 @@ mod tests {
                 m.metrics.active.set(if i == 2 { 0 } else { 5 });
             }
             let turn = AtomicUsize::new(0);
-            let flow = Flow { source: "127.0.0.1:1".parse().unwrap(), destination: "127.0.0.1:2".parse().unwrap() };
+            let flow = Flow {
+                source: "127.0.0.1:1".parse().unwrap(),
+                destination: "127.0.0.1:2".parse().unwrap(),
+            };
             let picks: Vec<usize> = (0..200)
-                .map(|_| snap.pick(Distribution::LeastConnections, &flow, &turn).unwrap())
+                .map(|_| {
+                    snap.pick(Distribution::LeastConnections, &flow, &turn)
+                        .unwrap()
+                })
                 .collect();
             let to_empty = picks.iter().filter(|&&p| p == 2).count();
             if n <= 8 {
@@ -341,8 +361,13 @@ mod tests {
         Arc::get_mut(&mut v[1].member).unwrap().weight = 3;
         let snap = PoolSnapshot::build(v, Vec::new(), false, 0);
         let turn = AtomicUsize::new(0);
-        let flow = Flow { source: "127.0.0.1:1".parse().unwrap(), destination: "127.0.0.1:2".parse().unwrap() };
-        let heavy = (0..400).filter(|_| snap.pick(Distribution::RoundRobin, &flow, &turn) == Some(1)).count();
+        let flow = Flow {
+            source: "127.0.0.1:1".parse().unwrap(),
+            destination: "127.0.0.1:2".parse().unwrap(),
+        };
+        let heavy = (0..400)
+            .filter(|_| snap.pick(Distribution::RoundRobin, &flow, &turn) == Some(1))
+            .count();
         assert_eq!(heavy, 300);
     }
 

@@ -51,16 +51,24 @@ pub async fn serve(endpoint: Arc<Endpoint>, mut client: TcpStream, peer: SocketA
     .await;
     match end {
         End::Closed => debug!("connection closed"),
-        End::IdleTimeout => debug!(idle_timeout = ?endpoint.idle_timeout, "idle timeout: closing both sides"),
+        End::IdleTimeout => {
+            debug!(idle_timeout = ?endpoint.idle_timeout, "idle timeout: closing both sides")
+        }
         End::Error(kind) => debug!(error = ?kind, "connection ended by an error"),
     }
 }
 
 /// Picks and connects, walking on to the next in-rotation instance when a
 /// connect fails, up to the endpoint's attempts.
-async fn connect(endpoint: &Endpoint, peer: SocketAddr) -> Result<(Arc<Member>, TcpStream), RefuseReason> {
+async fn connect(
+    endpoint: &Endpoint,
+    peer: SocketAddr,
+) -> Result<(Arc<Member>, TcpStream), RefuseReason> {
     let snapshot = endpoint.pool.load_full();
-    let flow = Flow { source: peer, destination: endpoint.listen };
+    let flow = Flow {
+        source: peer,
+        destination: endpoint.listen,
+    };
     let first = snapshot
         .pick(endpoint.distribution, &flow, &endpoint.turn)
         .ok_or(RefuseReason::NoInstanceInRotation)?;
@@ -69,9 +77,13 @@ async fn connect(endpoint: &Endpoint, peer: SocketAddr) -> Result<(Arc<Member>, 
     for k in 0..tries {
         let member = &candidates[(first + k) % candidates.len()];
         let started = std::time::Instant::now();
-        match tokio::time::timeout(endpoint.connect_timeout, TcpStream::connect(member.addr)).await {
+        match tokio::time::timeout(endpoint.connect_timeout, TcpStream::connect(member.addr)).await
+        {
             Ok(Ok(server)) => {
-                member.metrics.connect_seconds.observe(started.elapsed().as_secs_f64());
+                member
+                    .metrics
+                    .connect_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 let _ = server.set_nodelay(true);
                 return Ok((member.clone(), server));
             }

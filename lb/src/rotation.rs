@@ -29,7 +29,10 @@ pub enum RotationInput {
         probing: Probing,
     },
     /// An instance leaves: no new connections, live ones drain.
-    Leave { endpoint: Arc<str>, instance: Arc<str> },
+    Leave {
+        endpoint: Arc<str>,
+        instance: Arc<str>,
+    },
     /// A health verdict from a probe.
     Health {
         endpoint: Arc<str>,
@@ -40,7 +43,11 @@ pub enum RotationInput {
         last_success: Option<SystemTime>,
     },
     /// An operator's drain or enable; `endpoint: None` means every endpoint.
-    Admin { endpoint: Option<Arc<str>>, instance: Arc<str>, action: AdminAction },
+    Admin {
+        endpoint: Option<Arc<str>>,
+        instance: Arc<str>,
+        action: AdminAction,
+    },
 }
 
 /// How a joining instance's health is decided.
@@ -96,10 +103,20 @@ impl Rotation {
         let state = endpoints
             .iter()
             .map(|e| {
-                (e.name.clone(), EndpointState { endpoint: e.clone(), members: Vec::new(), leaving: Vec::new() })
+                (
+                    e.name.clone(),
+                    EndpointState {
+                        endpoint: e.clone(),
+                        members: Vec::new(),
+                        leaving: Vec::new(),
+                    },
+                )
             })
             .collect();
-        Rotation { state: Mutex::new(state), metrics }
+        Rotation {
+            state: Mutex::new(state),
+            metrics,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, EndpointState>> {
@@ -114,7 +131,13 @@ impl Rotation {
         let mut state = self.lock();
         let now = SystemTime::now();
         match input {
-            RotationInput::Join { endpoint, instance, addr, weight, probing } => {
+            RotationInput::Join {
+                endpoint,
+                instance,
+                addr,
+                weight,
+                probing,
+            } => {
                 let es = state
                     .get_mut(&endpoint)
                     .ok_or_else(|| RotationError::UnknownEndpoint(endpoint.to_string()))?;
@@ -170,7 +193,14 @@ impl Rotation {
                 self.publish(es, now);
                 Ok(1)
             }
-            RotationInput::Health { endpoint, instance, healthy, kind, last_result, last_success } => {
+            RotationInput::Health {
+                endpoint,
+                instance,
+                healthy,
+                kind,
+                last_result,
+                last_success,
+            } => {
                 let es = state
                     .get_mut(&endpoint)
                     .ok_or_else(|| RotationError::UnknownEndpoint(endpoint.to_string()))?;
@@ -179,9 +209,18 @@ impl Rotation {
                     .iter_mut()
                     .find(|m| m.member.name == instance)
                     .ok_or_else(|| RotationError::UnknownInstance(instance.to_string()))?;
-                let state = if healthy { HealthState::Healthy } else { HealthState::Unhealthy };
+                let state = if healthy {
+                    HealthState::Healthy
+                } else {
+                    HealthState::Unhealthy
+                };
                 let changed = entry.health.state != state;
-                entry.health = Health { state, kind, last_result, last_success };
+                entry.health = Health {
+                    state,
+                    kind,
+                    last_result,
+                    last_success,
+                };
                 // An unchanged verdict only refreshes the detail the admin API
                 // reads from here; the data plane's snapshot stays as it is.
                 if changed {
@@ -189,7 +228,11 @@ impl Rotation {
                 }
                 Ok(1)
             }
-            RotationInput::Admin { endpoint, instance, action } => {
+            RotationInput::Admin {
+                endpoint,
+                instance,
+                action,
+            } => {
                 let admin = match action {
                     AdminAction::Drain => AdminState::Drained,
                     AdminAction::Enable => AdminState::Enabled,
@@ -280,7 +323,11 @@ impl Rotation {
                 if m.transitions.len() == TRANSITIONS_KEPT {
                     m.transitions.remove(0);
                 }
-                m.transitions.push(Transition { at: now, in_rotation, reason: reason.clone() });
+                m.transitions.push(Transition {
+                    at: now,
+                    in_rotation,
+                    reason: reason.clone(),
+                });
             }
             views.push(MemberView {
                 member: m.member.clone(),
@@ -297,7 +344,6 @@ impl Rotation {
         }
         ep.pool.store(Arc::new(snapshot));
     }
-
 }
 
 /// Whether an instance may take new connections, setting the single-instance
@@ -309,7 +355,10 @@ fn eligibility(admin: AdminState, health: &Health) -> (bool, String) {
     match health.state {
         HealthState::Unprobed => (true, "not probed".to_owned()),
         HealthState::Awaiting => (false, format!("awaiting first {} probe", health.kind)),
-        HealthState::Assumed => (true, format!("assumed healthy until the first {} probe", health.kind)),
+        HealthState::Assumed => (
+            true,
+            format!("assumed healthy until the first {} probe", health.kind),
+        ),
         HealthState::Healthy => (true, format!("{}: {}", health.kind, health.last_result)),
         HealthState::Unhealthy => (false, format!("{}: {}", health.kind, health.last_result)),
     }
@@ -397,7 +446,9 @@ pub struct LeavingStatus {
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Rotation {

@@ -64,13 +64,20 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(behaviour: Behaviour) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let closed = Arc::new(AtomicUsize::new(0));
         let heard = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
-        let (a, c, h, s) = (accepted.clone(), closed.clone(), heard.clone(), stop.clone());
+        let (a, c, h, s) = (
+            accepted.clone(),
+            closed.clone(),
+            heard.clone(),
+            stop.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
@@ -88,7 +95,13 @@ impl Backend {
                 });
             }
         });
-        Backend { addr, accepted, closed, heard, stop }
+        Backend {
+            addr,
+            accepted,
+            closed,
+            heard,
+            stop,
+        }
     }
 
     pub fn accepted(&self) -> usize {
@@ -166,12 +179,17 @@ async fn handle(b: Behaviour, mut s: TcpStream, heard: Arc<Mutex<Vec<usize>>>) {
 /// A free loopback port: bound, read back, released. Only for tools that
 /// cannot take port 0 themselves (nginx); a small race is accepted there.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Starts rota from TOML text (admin on port 0 unless the text sets it).
 pub async fn start_rota(toml: &str) -> rota::Rota {
-    let loaded = rota_config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{toml}"));
+    let loaded = rota_config::parse(toml, "test.toml")
+        .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{toml}"));
     rota::Rota::start(loaded.config).await.expect("rota starts")
 }
 
@@ -179,7 +197,9 @@ pub async fn start_rota(toml: &str) -> rota::Rota {
 pub fn pool_toml(pool: &str, addrs: &[SocketAddr]) -> String {
     let mut s = format!("[[pool]]\nname = \"{pool}\"\n");
     for (i, a) in addrs.iter().enumerate() {
-        s.push_str(&format!("[[pool.backend]]\nname = \"{pool}-{i}\"\naddress = \"{a}\"\n"));
+        s.push_str(&format!(
+            "[[pool.backend]]\nname = \"{pool}-{i}\"\naddress = \"{a}\"\n"
+        ));
     }
     s
 }
@@ -210,7 +230,12 @@ pub async fn read_line(s: &mut TcpStream) -> io::Result<String> {
     loop {
         match tokio::time::timeout(DEADLINE, s.read(&mut b)).await {
             Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "no greeting")),
-            Ok(Ok(0)) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("eof after {line:?}"))),
+            Ok(Ok(0)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("eof after {line:?}"),
+                ))
+            }
             Ok(Ok(_)) if b[0] == b'\n' => return Ok(String::from_utf8_lossy(&line).into_owned()),
             Ok(Ok(_)) => line.push(b[0]),
             Ok(Err(e)) => return Err(e),
@@ -224,10 +249,20 @@ pub async fn http(method: &str, addr: SocketAddr, path: &str) -> (u16, String) {
     let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("send request");
     let mut out = Vec::new();
-    tokio::time::timeout(DEADLINE, s.read_to_end(&mut out)).await.expect("admin answers").expect("read");
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+        .await
+        .expect("admin answers")
+        .expect("read");
     let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -273,8 +308,14 @@ impl RotaProcess {
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         for (pipe, sink) in [
-            (Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, stdout.clone()),
-            (Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>, stderr.clone()),
+            (
+                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+                stdout.clone(),
+            ),
+            (
+                Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+                stderr.clone(),
+            ),
         ] {
             std::thread::spawn(move || {
                 let mut pipe = pipe;
@@ -283,11 +324,17 @@ impl RotaProcess {
                     if n == 0 {
                         break;
                     }
-                    sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                    sink.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
             });
         }
-        RotaProcess { child, stdout, stderr }
+        RotaProcess {
+            child,
+            stdout,
+            stderr,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -310,7 +357,8 @@ impl RotaProcess {
             logs.lines()
                 .filter(|l| l.contains(needle))
                 .find_map(|l| {
-                    l.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}=")).map(|v| v.to_owned()))
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix(&format!("{key}=")).map(|v| v.to_owned()))
                 })
                 .ok_or(logs)
         })
@@ -409,7 +457,9 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<(String, f64)>, String> {
         if let Some(rest) = line.strip_prefix("# ") {
             let mut parts = rest.splitn(3, ' ');
             let kind = parts.next().unwrap_or("");
-            let name = parts.next().ok_or(format!("line {n}: comment without a metric name"))?;
+            let name = parts
+                .next()
+                .ok_or(format!("line {n}: comment without a metric name"))?;
             if !valid_name(name) {
                 return Err(format!("line {n}: bad metric name {name:?}"));
             }
@@ -426,11 +476,15 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<(String, f64)>, String> {
             }
             continue;
         }
-        let (series, value) = line.rsplit_once(' ').ok_or(format!("line {n}: no value: {line:?}"))?;
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or(format!("line {n}: no value: {line:?}"))?;
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().map_err(|_| format!("line {n}: bad value {v:?}"))?,
+            v => v
+                .parse()
+                .map_err(|_| format!("line {n}: bad value {v:?}"))?,
         };
         let name = series.split('{').next().unwrap_or("");
         if !valid_name(name) {
@@ -443,7 +497,9 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<(String, f64)>, String> {
                     .and_then(|l| l.strip_suffix('}'))
                     .ok_or(format!("line {n}: bad label block {labels:?}"))?;
                 for pair in inner.split("\",").filter(|p| !p.is_empty()) {
-                    let (k, v) = pair.split_once('=').ok_or(format!("line {n}: bad label {pair:?}"))?;
+                    let (k, v) = pair
+                        .split_once('=')
+                        .ok_or(format!("line {n}: bad label {pair:?}"))?;
                     if !valid_name(k) || !v.starts_with('"') {
                         return Err(format!("line {n}: bad label {pair:?}"));
                     }
@@ -465,7 +521,8 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<(String, f64)>, String> {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with(|c: char| c.is_ascii_digit())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
 use std::collections::HashSet;
@@ -560,12 +617,19 @@ pub struct HttpBackend {
 
 impl HttpBackend {
     pub async fn start(name: &str) -> HttpBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind http backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind http backend");
         let addr = listener.local_addr().unwrap();
         let health = Arc::new(std::sync::atomic::AtomicU16::new(200));
         let served = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
-        let (h, sv, st, name) = (health.clone(), served.clone(), stop.clone(), name.to_owned());
+        let (h, sv, st, name) = (
+            health.clone(),
+            served.clone(),
+            stop.clone(),
+            name.to_owned(),
+        );
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
@@ -581,7 +645,12 @@ impl HttpBackend {
                 });
             }
         });
-        HttpBackend { addr, health, served, stop }
+        HttpBackend {
+            addr,
+            health,
+            served,
+            stop,
+        }
     }
 
     pub fn set_health(&self, status: u16) {
@@ -599,7 +668,12 @@ impl Drop for HttpBackend {
     }
 }
 
-async fn serve_http(stream: TcpStream, name: &str, health: &std::sync::atomic::AtomicU16, served: &AtomicUsize) {
+async fn serve_http(
+    stream: TcpStream,
+    name: &str,
+    health: &std::sync::atomic::AtomicU16,
+    served: &AtomicUsize,
+) {
     use tokio::io::AsyncBufReadExt;
     let mut s = tokio::io::BufReader::new(stream);
     loop {
@@ -625,7 +699,14 @@ async fn serve_http(stream: TcpStream, name: &str, health: &std::sync::atomic::A
         let path = request_line.split(' ').nth(1).unwrap_or("/");
         let (status, body) = if path == "/health" {
             let code = health.load(Ordering::SeqCst);
-            (code, if code == 200 { "ok\n".to_owned() } else { "not ok\n".to_owned() })
+            (
+                code,
+                if code == 200 {
+                    "ok\n".to_owned()
+                } else {
+                    "not ok\n".to_owned()
+                },
+            )
         } else {
             served.fetch_add(1, Ordering::SeqCst);
             (200, format!("{name}\n"))
@@ -644,7 +725,8 @@ async fn serve_http(stream: TcpStream, name: &str, health: &std::sync::atomic::A
 /// One `GET /` through `addr` on a fresh connection; returns the body's first line.
 pub async fn who(addr: SocketAddr) -> io::Result<String> {
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await?;
     let mut out = String::new();
     tokio::time::timeout(DEADLINE, s.read_to_string(&mut out))
         .await
@@ -656,10 +738,19 @@ pub async fn who(addr: SocketAddr) -> io::Result<String> {
 }
 
 /// Waits until the admin API shows `instance` on `endpoint` with `in_rotation == want`.
-pub async fn await_rotation(admin: SocketAddr, endpoint: &str, instance: &str, want: bool) -> serde_json::Value {
+pub async fn await_rotation(
+    admin: SocketAddr,
+    endpoint: &str,
+    instance: &str,
+    want: bool,
+) -> serde_json::Value {
     eventually(&format!("{instance} in_rotation={want}"), || async {
         let v = instance_json(admin, endpoint, instance).await;
-        if v["in_rotation"] == want { Ok(v) } else { Err(v.to_string()) }
+        if v["in_rotation"] == want {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
     })
     .await
 }
