@@ -39,14 +39,22 @@ pub enum MemberChange {
     Leave { role: String, instance: String },
 }
 
-/// The members of every role in `topology`: (role, instance) → (addr, agent).
-/// Instances being stopped are not members: they drain.
-fn members(topology: &Topology) -> BTreeMap<(String, String), (SocketAddr, Option<SocketAddr>)> {
+/// The members of every role in `topology`: (role, instance) → (addr,
+/// agent, incarnation). A new incarnation (a reboot) re-joins, so its health
+/// starts over. Instances being stopped are not members: they drain.
+fn members(
+    topology: &Topology,
+) -> BTreeMap<(String, String), (SocketAddr, Option<SocketAddr>, u64)> {
     topology
         .instances
         .iter()
         .filter(|i| i.is_member())
-        .map(|i| ((i.role.clone(), i.name.clone()), (i.addr, i.agent)))
+        .map(|i| {
+            (
+                (i.role.clone(), i.name.clone()),
+                (i.addr, i.agent, i.incarnation),
+            )
+        })
         .collect()
 }
 
@@ -60,8 +68,8 @@ pub fn diff(old: &Topology, new: &Topology) -> Vec<MemberChange> {
             instance: instance.clone(),
         });
     }
-    for ((role, instance), (addr, agent)) in &after {
-        if before.get(&(role.clone(), instance.clone())) != Some(&(*addr, *agent)) {
+    for ((role, instance), (addr, agent, incarnation)) in &after {
+        if before.get(&(role.clone(), instance.clone())) != Some(&(*addr, *agent, *incarnation)) {
             changes.push(MemberChange::Join {
                 role: role.clone(),
                 instance: instance.clone(),

@@ -147,11 +147,17 @@ impl Rotation {
                     Probing::AssumeHealthy(kind) => Health::new(HealthState::Assumed, kind),
                 };
                 if let Some(pos) = es.members.iter().position(|m| m.member.name == instance) {
-                    // Same name, new address (a move): the old member drains.
-                    let old = &es.members[pos];
+                    let old = &mut es.members[pos];
                     if old.member.addr == addr && old.member.weight == weight {
-                        return Ok(0);
+                        // Same place, new incarnation (a reboot): its health
+                        // starts over; its live connections are untouched.
+                        if matches!(probing, Probing::AwaitFirst(_)) {
+                            old.health = health;
+                            self.publish(es, now);
+                        }
+                        return Ok(1);
                     }
+                    // Same name, new address (a move): the old member drains.
                     let old = es.members.remove(pos);
                     es.leaving.push(old.member);
                 }
