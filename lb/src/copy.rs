@@ -89,6 +89,7 @@ impl Half {
         to: &mut TcpStream,
         counter: &IntCounter,
         moved: &mut bool,
+        other_finished: bool,
     ) -> Poll<io::Result<()>> {
         loop {
             if self.finished {
@@ -113,6 +114,12 @@ impl Half {
                 continue;
             }
             if self.eof {
+                if other_finished {
+                    // Both directions are done: closing the sockets sends the
+                    // FIN, so a shutdown(2) here would be a wasted syscall.
+                    self.finished = true;
+                    continue;
+                }
                 // Half-close: pass the end of stream on and keep the other
                 // direction running. ENOTCONN means the peer is gone already.
                 match ready!(Pin::new(&mut *to).poll_shutdown(cx)) {
@@ -176,12 +183,12 @@ pub async fn bidirectional(
     tokio::pin!(timer);
     poll_fn(|cx| {
         let mut moved = false;
-        let up_done = match up.poll(cx, &mut *client, &mut *server, sent, &mut moved) {
+        let up_done = match up.poll(cx, &mut *client, &mut *server, sent, &mut moved, down.finished) {
             Poll::Ready(Ok(())) => true,
             Poll::Ready(Err(e)) => return Poll::Ready(End::Error(e.kind())),
             Poll::Pending => false,
         };
-        let down_done = match down.poll(cx, &mut *server, &mut *client, received, &mut moved) {
+        let down_done = match down.poll(cx, &mut *server, &mut *client, received, &mut moved, up.finished) {
             Poll::Ready(Ok(())) => true,
             Poll::Ready(Err(e)) => return Poll::Ready(End::Error(e.kind())),
             Poll::Pending => false,
