@@ -1,4 +1,4 @@
-//! Bidirectional copy between client and instance: half-close aware, idle-timed, buffers only while data is in flight.
+//! Bidirectional copy between client and instance: half-close aware, idle-timed, buffers (or pipes) only while data is in flight.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
@@ -8,14 +8,26 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use prometheus::IntCounter;
+#[cfg(target_os = "linux")]
+use std::os::fd::AsRawFd;
+
+#[cfg(target_os = "linux")]
+use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
+
+#[cfg(target_os = "linux")]
+use crate::splice::Pipe;
 
 /// Size of one copy buffer.
 const BUF_SIZE: usize = 64 * 1024;
 /// Free buffers kept per worker thread for reuse.
 const POOL_KEEP: usize = 64;
+/// A direction that has carried this much is a bulk flow and switches to
+/// splice(2) (Linux): small request/response traffic stays on the cheaper
+/// read/write path, large transfers skip the copy through user space.
+const SPLICE_AFTER: u64 = 256 * 1024;
 
 thread_local! {
     static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
@@ -55,6 +67,15 @@ struct Half {
     end: usize,
     eof: bool,
     finished: bool,
+    /// Bytes read so far: a direction that passes [`SPLICE_AFTER`] is a bulk flow.
+    total: u64,
+    /// Bulk flows move through a pipe with splice(2), never through user space.
+    #[cfg(target_os = "linux")]
+    pipe: Option<Pipe>,
+    /// Bytes sitting in `pipe`, read but not yet written.
+    in_pipe: usize,
+    /// False once splice failed as unsupported for this pair of sockets.
+    splice_ok: bool,
 }
 
 impl Half {
@@ -65,6 +86,11 @@ impl Half {
             end: 0,
             eof: false,
             finished: false,
+            total: 0,
+            #[cfg(target_os = "linux")]
+            pipe: None,
+            in_pipe: 0,
+            splice_ok: cfg!(target_os = "linux"),
         }
     }
 
@@ -94,6 +120,11 @@ impl Half {
         loop {
             if self.finished {
                 return Poll::Ready(Ok(()));
+            }
+            #[cfg(target_os = "linux")]
+            if self.in_pipe > 0 {
+                ready!(self.poll_drain_pipe(cx, to, counter, moved))?;
+                continue;
             }
             if self.start < self.end {
                 let Some(buf) = self.buf.as_deref() else {
@@ -133,6 +164,11 @@ impl Half {
             // Wait for readiness before taking a buffer, so that an idle
             // connection never holds one.
             ready!(from.poll_read_ready(cx))?;
+            #[cfg(target_os = "linux")]
+            if self.splice_ok && self.total >= SPLICE_AFTER {
+                self.fill_pipe(from, moved)?;
+                continue;
+            }
             let buf = self.buf.get_or_insert_with(take_buf);
             let mut rb = ReadBuf::new(buf);
             match Pin::new(&mut *from).poll_read(cx, &mut rb) {
@@ -148,6 +184,7 @@ impl Half {
                         self.release();
                     } else {
                         self.end = n;
+                        self.total += n as u64;
                     }
                 }
                 Poll::Ready(Err(e)) => {
@@ -159,9 +196,93 @@ impl Half {
     }
 }
 
+#[cfg(target_os = "linux")]
+impl Half {
+    /// One splice from `from` into a pipe (taken from the thread's free list).
+    /// A would-block puts the pipe back, so an idle connection holds none.
+    fn fill_pipe(&mut self, from: &TcpStream, moved: &mut bool) -> io::Result<()> {
+        let pipe = match self.pipe.take() {
+            Some(p) => p,
+            None => match Pipe::take() {
+                Ok(p) => p,
+                Err(e) => {
+                    // Out of descriptors for pipes: copy through user space instead.
+                    tracing::debug!(error = %e, "no pipe for splice; copying instead");
+                    self.splice_ok = false;
+                    return Ok(());
+                }
+            },
+        };
+        let fd = from.as_raw_fd();
+        match from.try_io(Interest::READABLE, || pipe.fill_from(fd, pipe.capacity())) {
+            Ok(0) => {
+                self.eof = true;
+                *moved = true;
+                pipe.give();
+            }
+            Ok(n) => {
+                self.in_pipe = n;
+                self.total += n as u64;
+                *moved = true;
+                self.pipe = Some(pipe);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => pipe.give(),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
+                pipe.give();
+                self.splice_ok = false;
+            }
+            Err(e) => {
+                pipe.give();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what sits in the pipe to `to`; Ready once the pipe is empty.
+    fn poll_drain_pipe(
+        &mut self,
+        cx: &mut Context<'_>,
+        to: &TcpStream,
+        counter: &IntCounter,
+        moved: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        while self.in_pipe > 0 {
+            ready!(to.poll_write_ready(cx))?;
+            let Some(pipe) = self.pipe.as_ref() else {
+                self.in_pipe = 0;
+                break;
+            };
+            let fd = to.as_raw_fd();
+            let len = self.in_pipe;
+            match to.try_io(Interest::WRITABLE, || pipe.drain_to(fd, len)) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    self.in_pipe -= n;
+                    counter.inc_by(n as u64);
+                    *moved = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        if let Some(p) = self.pipe.take() {
+            p.give();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl Drop for Half {
     fn drop(&mut self) {
         self.release();
+        // A pipe still holding bytes is closed, not reused.
+        #[cfg(target_os = "linux")]
+        if let Some(p) = self.pipe.take() {
+            if self.in_pipe == 0 {
+                p.give();
+            }
+        }
     }
 }
 
@@ -183,12 +304,26 @@ pub async fn bidirectional(
     tokio::pin!(timer);
     poll_fn(|cx| {
         let mut moved = false;
-        let up_done = match up.poll(cx, &mut *client, &mut *server, sent, &mut moved, down.finished) {
+        let up_done = match up.poll(
+            cx,
+            &mut *client,
+            &mut *server,
+            sent,
+            &mut moved,
+            down.finished,
+        ) {
             Poll::Ready(Ok(())) => true,
             Poll::Ready(Err(e)) => return Poll::Ready(End::Error(e.kind())),
             Poll::Pending => false,
         };
-        let down_done = match down.poll(cx, &mut *server, &mut *client, received, &mut moved, up.finished) {
+        let down_done = match down.poll(
+            cx,
+            &mut *server,
+            &mut *client,
+            received,
+            &mut moved,
+            up.finished,
+        ) {
             Poll::Ready(Ok(())) => true,
             Poll::Ready(Err(e)) => return Poll::Ready(End::Error(e.kind())),
             Poll::Pending => false,

@@ -10,6 +10,7 @@
 //! - [`endpoint`]: an endpoint's listening sockets, settings and accept loop.
 //! - [`proxy`]: one client connection: pick, connect with retries, copy.
 //! - [`copy`]: the bidirectional copy with half-close and idle timeout.
+//! - `splice`: zero-copy forwarding through a pipe for bulk flows (Linux; the only `unsafe`).
 //! - [`pool`]: the immutable pool snapshot and the pick for each distribution mode.
 //! - [`maglev`]: the consistent-hash table behind the hash modes.
 //! - [`rotation`]: the single writer of pool snapshots and its input type.
@@ -26,6 +27,8 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod rotation;
+#[cfg(target_os = "linux")]
+pub mod splice;
 
 pub use balancer::{Balancer, StartError};
 pub use endpoint::Endpoint;
