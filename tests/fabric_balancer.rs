@@ -334,3 +334,51 @@ async fn the_balancer_keeps_serving_when_the_fabric_dies_and_a_new_fabric_readop
     // This test's instances outlive every fabric by design: stop them here.
     kill_fabric_instances(&dir.0.join("state"));
 }
+
+#[tokio::test]
+async fn nginx_runs_as_a_fabric_role_behind_the_balancer() {
+    let dir = TempDir::new("nginx-role");
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nginx-role");
+    let cfg = dir.write(
+        "rota.toml",
+        &format!(
+            r#"[admin]
+listen = "127.0.0.1:0"
+
+[[endpoint]]
+name = "nginx"
+listen = "127.0.0.1:0"
+pool = "nginx"
+
+[endpoint.probe]
+protocol = "guest-agent"
+interval = "100ms"
+timeout = "1s"
+attempt_timeout = "80ms"
+
+[[role]]
+name = "nginx"
+instances = 2
+base_image = "{}"
+command = ["sh", "{{base}}/run-nginx.sh", "{{port}}", "{{disk}}", "{{instance}}"]
+health_path = "/health"
+
+[fabric]
+state_dir = "{}"
+heartbeat_interval = "200ms"
+stop_instances_on_exit = true
+"#,
+            base.display(),
+            dir.0.join("state").display()
+        ),
+    );
+    let rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
+    let admin: SocketAddr = rota.log_value("admin API and /metrics listening", "admin").await.parse().unwrap();
+    let addr: SocketAddr = rota.log_value("endpoint listening", "listen").await.parse().unwrap();
+    await_in_rotation(admin, 2).await;
+    let mut seen = BTreeSet::new();
+    for i in 0..20 {
+        seen.insert(who(addr).await.unwrap_or_else(|e| panic!("request {i}: {e}")));
+    }
+    assert_eq!(seen, BTreeSet::from(["nginx nginx-0".to_owned(), "nginx nginx-1".to_owned()]));
+}
