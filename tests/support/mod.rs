@@ -16,23 +16,12 @@ use tokio_util::sync::CancellationToken;
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Polls `probe` until it returns `Ok`, failing after `DEADLINE` with the last `Err` it saw.
-pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        match probe().await {
-            Ok(v) => return v,
-            Err(seen) => {
-                if tokio::time::Instant::now() >= deadline {
-                    panic!("timed out after {DEADLINE:?} waiting for {what}; last seen: {seen}");
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually_within(DEADLINE, what, probe).await
 }
 
 /// What a test backend does with a connection.
@@ -560,7 +549,7 @@ where
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
