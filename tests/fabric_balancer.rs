@@ -373,12 +373,151 @@ stop_instances_on_exit = true
         ),
     );
     let rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
-    let admin: SocketAddr = rota.log_value("admin API and /metrics listening", "admin").await.parse().unwrap();
-    let addr: SocketAddr = rota.log_value("endpoint listening", "listen").await.parse().unwrap();
+    let admin: SocketAddr = rota
+        .log_value("admin API and /metrics listening", "admin")
+        .await
+        .parse()
+        .unwrap();
+    let addr: SocketAddr = rota
+        .log_value("endpoint listening", "listen")
+        .await
+        .parse()
+        .unwrap();
     await_in_rotation(admin, 2).await;
     let mut seen = BTreeSet::new();
     for i in 0..20 {
-        seen.insert(who(addr).await.unwrap_or_else(|e| panic!("request {i}: {e}")));
+        seen.insert(
+            who(addr)
+                .await
+                .unwrap_or_else(|e| panic!("request {i}: {e}")),
+        );
     }
-    assert_eq!(seen, BTreeSet::from(["nginx nginx-0".to_owned(), "nginx nginx-1".to_owned()]));
+    assert_eq!(
+        seen,
+        BTreeSet::from(["nginx nginx-0".to_owned(), "nginx nginx-1".to_owned()])
+    );
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Waits until `instance` has left rotation after `since` (per its transition
+/// history: an exit can be shorter than any sampling interval) and is back in.
+async fn left_and_returned(admin: SocketAddr, instance: &str, since: u64) {
+    eventually_within(
+        SLOW,
+        &format!("{instance} to leave rotation and come back"),
+        || async {
+            let v = instance_json(admin, "web", instance).await;
+            let left =
+                v["transitions"].as_array().unwrap().iter().any(|t| {
+                    t["in_rotation"] == false && t["at_unix_ms"].as_u64().unwrap() >= since
+                });
+            if left && v["in_rotation"] == true {
+                Ok(())
+            } else {
+                Err(v.to_string())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn crash_busy_and_crash_loop_drive_rotation_through_the_guest_agent() {
+    let dir = TempDir::new("lifecycle");
+    let cfg = config(&dir, 3, "stop_instances_on_exit = true");
+    // The same config, with the web role's test hooks (/crash) switched on.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "command = [\"",
+        "command = [\"env\", \"ROTA_WEB_TEST_HOOKS=1\", \"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
+    let admin: SocketAddr = rota
+        .log_value("admin API and /metrics listening", "admin")
+        .await
+        .parse()
+        .unwrap();
+    let addr: SocketAddr = rota
+        .log_value("endpoint listening", "listen")
+        .await
+        .parse()
+        .unwrap();
+    await_in_rotation(admin, 3).await;
+    let address = |v: &Value| -> SocketAddr { v["address"].as_str().unwrap().parse().unwrap() };
+    let history = || async {
+        let (_, h) = http_json("GET", admin, "/api/v1/fabric/history", None)
+            .await
+            .unwrap();
+        h["starts"].as_array().cloned().unwrap_or_default()
+    };
+
+    // Busy: out of rotation, no restart; Ready again: back in.
+    let web0 = address(&instance_json(admin, "web", "web-0").await);
+    let starts_before = history().await.len();
+    assert_eq!(http("POST", web0, "/busy").await.0, 200);
+    let v = await_rotation(admin, "web", "web-0", false).await;
+    assert_eq!(v["health"]["last_result"], "agent: Busy", "{v}");
+    for i in 0..20 {
+        let who = who(addr).await.unwrap();
+        assert_ne!(
+            who, "hello from web-0",
+            "request {i} reached a Busy instance"
+        );
+    }
+    assert_eq!(
+        history().await.len(),
+        starts_before,
+        "Busy restarted something"
+    );
+    assert_eq!(http("POST", web0, "/ready").await.0, 200);
+    await_rotation(admin, "web", "web-0", true).await;
+
+    // Crash: the agent restarts the role; it leaves rotation and comes back.
+    let web1 = address(&instance_json(admin, "web", "web-1").await);
+    let crashed_at = unix_ms();
+    let _ = http("POST", web1, "/crash").await;
+    left_and_returned(admin, "web-1", crashed_at).await;
+    let crashes = history()
+        .await
+        .iter()
+        .filter(|s| s["instance"] == "web-1" && s["reason"] == "crash")
+        .count();
+    assert_eq!(crashes, 1);
+
+    // A crash loop ends in Failed, never in rotation; clients never notice.
+    let web2 = address(&instance_json(admin, "web", "web-2").await);
+    eventually_within(SLOW, "web-2 to end Failed after a crash loop", || async {
+        let _ = post_crash(web2).await;
+        let v = instance_json(admin, "web", "web-2").await;
+        if v["health"]["last_result"] == "agent: Failed" {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    let v = instance_json(admin, "web", "web-2").await;
+    assert_eq!(v["in_rotation"], false, "{v}");
+    for i in 0..20 {
+        let who = who(addr)
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_ne!(who, "hello from web-2");
+    }
+}
+
+/// `POST /crash` when the role is up; connection errors mean it is down (restarting).
+async fn post_crash(addr: SocketAddr) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        b"POST /crash HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await
 }

@@ -200,3 +200,49 @@ async fn source_ip_affinity_sends_one_client_to_one_instance() {
         rota.shutdown_within(std::time::Duration::ZERO).await;
     }
 }
+
+#[tokio::test]
+async fn an_instance_that_leaves_is_drained_not_cut() {
+    let backends = greeters(2).await;
+    let rota = rota_over(&backends, "distribution = \"round-robin\"").await;
+    let (addr, admin) = (rota.endpoint_addr("web").unwrap(), rota.admin_addr());
+    let (victim, mut open) = greeted(addr).await.unwrap();
+
+    rota.membership().leave("web", &victim);
+    let eps = endpoints_json(admin).await;
+    let ep = &eps["endpoints"][0];
+    let names: Vec<&str> = ep["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&victim.as_str()), "{ep}");
+    assert_eq!(ep["leaving"][0]["name"], victim.as_str(), "{ep}");
+    assert_eq!(ep["leaving"][0]["active_connections"], 1, "{ep}");
+
+    for i in 0..20 {
+        let (line, _s) = greeted(addr).await.unwrap();
+        assert_ne!(
+            line, victim,
+            "new connection {i} reached the instance that left"
+        );
+    }
+    // The connection it carried still flows both ways, then closes normally.
+    open.write_all(b"after leave\n").await.unwrap();
+    assert_eq!(read_line(&mut open).await.unwrap(), "after leave");
+    drop(open);
+    eventually(
+        "the leaving instance to be forgotten once its connection closed",
+        || async {
+            let eps = endpoints_json(admin).await;
+            let leaving = eps["endpoints"][0]["leaving"].as_array().unwrap().len();
+            if leaving == 0 {
+                Ok(())
+            } else {
+                Err(eps.to_string())
+            }
+        },
+    )
+    .await;
+}
