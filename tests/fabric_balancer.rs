@@ -483,12 +483,20 @@ async fn crash_busy_and_crash_loop_drive_rotation_through_the_guest_agent() {
     let crashed_at = unix_ms();
     let _ = http("POST", web1, "/crash").await;
     left_and_returned(admin, "web-1", crashed_at).await;
-    let crashes = history()
-        .await
-        .iter()
-        .filter(|s| s["instance"] == "web-1" && s["reason"] == "crash")
-        .count();
-    assert_eq!(crashes, 1);
+    // The fabric learns of the agent's restart at its next heartbeat.
+    eventually_within(SLOW, "the crash to be in the fabric's history", || async {
+        let crashes = history()
+            .await
+            .iter()
+            .filter(|s| s["instance"] == "web-1" && s["reason"] == "crash")
+            .count();
+        if crashes == 1 {
+            Ok(())
+        } else {
+            Err(format!("{crashes} crash starts"))
+        }
+    })
+    .await;
 
     // A crash loop ends in Failed, never in rotation; clients never notice.
     let web2 = address(&instance_json(admin, "web", "web-2").await);
