@@ -1,18 +1,21 @@
-//! The `rota` binary's wiring: config in, balancer, probes and admin API up,
-//! static pools joined, and one shutdown for all of it.
+//! The `rota` binary's wiring: config in, balancer, probes, fabric and admin
+//! API up, pools joined, and one shutdown for all of it.
 //!
 //! `main` parses arguments and calls [`run`]; tests call [`Rota::start`] on
 //! port 0 and read the bound addresses back.
 //!
 //! # Layout
 //!
-//! - [`demo`]: the no-argument demo: built-in web instances behind a balancer.
+//! - [`demo`]: the no-argument demo: a fabric role of built-in web instances behind a balancer.
 //! - [`membership`]: pool membership → balancer joins/leaves and probe targets.
+//! - [`fabric`]: the fabric's topology → pool membership; fabric routes on the admin API.
+//! - [`reload`]: a new config file applied to the running pools.
 #![forbid(unsafe_code)]
 
 pub mod demo;
 pub mod fabric;
 pub mod membership;
+pub mod reload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +41,8 @@ pub struct Rota {
     /// Stops the control tasks when a `Rota` is dropped without a shutdown.
     _control_guard: tokio_util::sync::DropGuard,
     grace: Duration,
+    /// The config as it is running (pools as last reloaded).
+    running: std::sync::Mutex<Config>,
 }
 
 impl Rota {
@@ -127,6 +132,7 @@ impl Rota {
             control,
             _control_guard,
             grace: config.shutdown_grace,
+            running: std::sync::Mutex::new(config),
         })
     }
 
@@ -150,6 +156,24 @@ impl Rota {
     /// Joins and leaves of pool instances at run time.
     pub fn membership(&self) -> &Arc<Membership> {
         &self.membership
+    }
+
+    /// Reads `path` again and applies its pools (see [`reload`]). A file with
+    /// errors changes nothing and is returned as the error.
+    pub fn reload_file(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<reload::Applied, rota_config::ConfigError> {
+        let loaded = rota_config::load(path)?;
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(reload::apply(
+            &mut running,
+            &loaded.config,
+            &self.membership,
+        ))
     }
 
     /// The in-process fabric, when the config declares roles.
@@ -181,10 +205,32 @@ impl Rota {
     }
 }
 
-/// Runs `config` until `shutdown` fires, then drains.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs `config` until `shutdown` fires, then drains. Each message on
+/// `reloads` re-reads `path` (SIGHUP in the binary).
+pub async fn run(
+    config: Config,
+    path: Option<std::path::PathBuf>,
+    mut reloads: tokio::sync::mpsc::Receiver<()>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let rota = Rota::start(config).await?;
-    shutdown.cancelled().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(()) = reloads.recv() => {
+                let Some(path) = &path else { continue };
+                match rota.reload_file(path) {
+                    Ok(applied) => {
+                        info!(joined = ?applied.joined, left = ?applied.left, "config reloaded");
+                        if !applied.not_applied.is_empty() {
+                            tracing::warn!(settings = ?applied.not_applied, "changed settings need a restart; the running ones are kept");
+                        }
+                    }
+                    Err(e) => tracing::error!("reload failed, the running config is kept:\n{e}"),
+                }
+            }
+        }
+    }
     if rota.shutdown().await {
         info!("every connection finished; bye");
     }

@@ -113,7 +113,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
-            rota::run(loaded.config, shutdown).await
+            rota::run(loaded.config, Some(path), reload_signals(), shutdown).await
         }
         (None, None) => {
             demo(
@@ -169,6 +169,25 @@ fn signals() -> CancellationToken {
         std::process::exit(130);
     });
     token
+}
+
+/// A message for each SIGHUP: reload the config file.
+fn reload_signals() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            // A reload already queued covers this one too.
+            let _ = tx.try_send(());
+        }
+    });
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 #[cfg(unix)]

@@ -358,3 +358,67 @@ async fn a_killed_demo_instance_leaves_rotation_and_clients_keep_being_served() 
     let (_, history) = http("GET", admin, "/api/v1/fabric/history").await;
     assert!(history.contains("reboot"), "{history}");
 }
+
+#[tokio::test]
+async fn sighup_reloads_pools_without_cutting_connections_and_a_bad_file_changes_nothing() {
+    let (a, b) = (
+        Backend::start(Behaviour::Greet("a".into())).await,
+        Backend::start(Behaviour::Greet("b".into())).await,
+    );
+    let dir = TempDir::new("reload");
+    let write = |backends: &[(&str, SocketAddr)]| {
+        let mut toml = "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[endpoint]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\npool = \"web\"\n\n[[pool]]\nname = \"web\"\n".to_owned();
+        for (name, addr) in backends {
+            toml.push_str(&format!(
+                "[[pool.backend]]\nname = \"{name}\"\naddress = \"{addr}\"\n"
+            ));
+        }
+        dir.write("rota.toml", &toml)
+    };
+    let cfg = write(&[("a", a.addr)]);
+    let rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
+    let listen: SocketAddr = rota
+        .log_value("endpoint listening", "listen")
+        .await
+        .parse()
+        .unwrap();
+    let (first, mut open) = eventually("rota to accept", || async {
+        greeted(listen).await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(first, "a");
+
+    // a leaves, b joins: new connections go to b, the open one to a keeps flowing.
+    write(&[("b", b.addr)]);
+    rota.signal("HUP");
+    rota.log_value("config reloaded", "left").await;
+    for i in 0..10 {
+        let (who, _s) = greeted(listen).await.unwrap();
+        assert_eq!(who, "b", "connection {i} after the reload");
+    }
+    open.write_all(b"still a\n").await.unwrap();
+    assert_eq!(read_line(&mut open).await.unwrap(), "still a");
+
+    // A broken file: an error naming file and line, and nothing changes.
+    dir.write(
+        "rota.toml",
+        "[[endpoint]]\nname = \"web\"\nlisten = \"nowhere\"\npool = \"web\"\n",
+    );
+    rota.signal("HUP");
+    eventually("the reload error in the log", || async {
+        let logs = rota.stderr();
+        if logs.contains("reload failed") && logs.contains("rota.toml:3:10: endpoint[0].listen") {
+            Ok(())
+        } else {
+            Err(logs)
+        }
+    })
+    .await;
+    let (who, _s) = greeted(listen).await.unwrap();
+    assert_eq!(who, "b");
+    drop(_s);
+    drop(open);
+    rota.signal("TERM");
+    let mut rota = rota;
+    assert_eq!(rota.exit_code().await, Some(0), "{}", rota.stderr());
+}
