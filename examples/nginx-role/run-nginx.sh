@@ -29,4 +29,6 @@ http {
     }
 }
 CONF
-exec nginx -p "$disk" -c "$disk/nginx.conf"
+# /usr/sbin is not on every PATH.
+nginx=$(command -v nginx || echo /usr/sbin/nginx)
+exec "$nginx" -p "$disk" -c "$disk/nginx.conf"
