@@ -331,6 +331,15 @@ async fn the_balancer_keeps_serving_when_the_fabric_dies_and_a_new_fabric_readop
             .await
             .unwrap_or_else(|e| panic!("request {i} after re-adoption: {e}"));
     }
+    // A stopped fabric (SIGTERM) exits at once and leaves its instances serving.
+    let mut again = again;
+    again.signal("TERM");
+    assert_eq!(again.exit_code().await, Some(0), "{}", again.stderr());
+    for i in 0..10 {
+        who(addr)
+            .await
+            .unwrap_or_else(|e| panic!("request {i} after the fabric stopped: {e}"));
+    }
     // This test's instances outlive every fabric by design: stop them here.
     kill_fabric_instances(&dir.0.join("state"));
 }

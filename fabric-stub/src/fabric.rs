@@ -867,8 +867,14 @@ impl Fabric {
             .map_err(|e| FabricError::Failed(format!("cannot start the agent of {name}: {e}")))?;
         let pid = child.id().unwrap_or(0);
         // Reap it when it exits, so a dead agent never lingers as a zombie.
+        // When the fabric stops, stop waiting: the agent outlives the fabric
+        // (and is re-parented), so a shutdown must not wait for it.
+        let stop = self.shared.stop.clone();
         self.shared.tasks.spawn(async move {
-            let _ = child.wait().await;
+            tokio::select! {
+                _ = child.wait() => {}
+                _ = stop.cancelled() => {}
+            }
         });
         let agent = wait_agent_file(&dir.join(AGENT_FILE), record.incarnation, pid).await;
         let at = SystemTime::now();
