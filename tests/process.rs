@@ -22,6 +22,47 @@ async fn echo_roundtrip(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// rota run from a config file over one echo backend, with one proxied
+/// connection already open (and proven to echo).
+/// Bind `_echo` and `_dir` when destructuring: fields left to `..` are
+/// dropped at once, which would stop the backend.
+struct LiveRota {
+    rota: RotaProcess,
+    live: TcpStream,
+    listen: SocketAddr,
+    _echo: Backend,
+    _dir: TempDir,
+}
+
+async fn rota_with_a_live_connection(tag: &str, top: &str) -> LiveRota {
+    let echo = Backend::start(Behaviour::Echo).await;
+    let dir = TempDir::new(tag);
+    let cfg = dir.write("rota.toml", &config_for(echo.addr, top));
+    let rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
+    let listen: SocketAddr = rota
+        .log_value("endpoint listening", "listen")
+        .await
+        .parse()
+        .unwrap();
+    let live = eventually("rota to accept", || async {
+        let mut s = TcpStream::connect(listen)
+            .await
+            .map_err(|e| e.to_string())?;
+        echo_roundtrip(&mut s, b"before")
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(s)
+    })
+    .await;
+    LiveRota {
+        rota,
+        live,
+        listen,
+        _echo: echo,
+        _dir: dir,
+    }
+}
+
 #[test]
 fn check_accepts_every_example_config() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
@@ -78,29 +119,13 @@ fn check_names_file_line_and_field_and_exits_non_zero() {
 
 #[tokio::test]
 async fn sigterm_stops_accepting_lets_live_connections_finish_then_exits_zero() {
-    let echo = Backend::start(Behaviour::Echo).await;
-    let dir = TempDir::new("term");
-    let cfg = dir.write(
-        "rota.toml",
-        &config_for(echo.addr, "shutdown_grace = \"30s\""),
-    );
-    let mut rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
-    let listen: SocketAddr = rota
-        .log_value("endpoint listening", "listen")
-        .await
-        .parse()
-        .unwrap();
-
-    let mut live = eventually("rota to accept", || async {
-        let mut s = TcpStream::connect(listen)
-            .await
-            .map_err(|e| e.to_string())?;
-        echo_roundtrip(&mut s, b"before")
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(s)
-    })
-    .await;
+    let LiveRota {
+        mut rota,
+        mut live,
+        listen,
+        _echo,
+        _dir,
+    } = rota_with_a_live_connection("term", "shutdown_grace = \"30s\"").await;
     rota.signal("TERM");
     eventually("new connections to be refused", || async {
         match TcpStream::connect(listen).await {
@@ -123,28 +148,13 @@ async fn sigterm_stops_accepting_lets_live_connections_finish_then_exits_zero() 
 
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
-    let echo = Backend::start(Behaviour::Echo).await;
-    let dir = TempDir::new("twice");
-    let cfg = dir.write(
-        "rota.toml",
-        &config_for(echo.addr, "shutdown_grace = \"10m\""),
-    );
-    let mut rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
-    let listen: SocketAddr = rota
-        .log_value("endpoint listening", "listen")
-        .await
-        .parse()
-        .unwrap();
-    let mut live = eventually("rota to accept", || async {
-        let mut s = TcpStream::connect(listen)
-            .await
-            .map_err(|e| e.to_string())?;
-        echo_roundtrip(&mut s, b"x")
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(s)
-    })
-    .await;
+    let LiveRota {
+        mut rota,
+        mut live,
+        _echo,
+        _dir,
+        ..
+    } = rota_with_a_live_connection("twice", "shutdown_grace = \"10m\"").await;
     rota.signal("INT");
     rota.log_value("shutting down", "live_connections").await;
     rota.signal("INT");
@@ -155,28 +165,13 @@ async fn a_second_signal_exits_at_once() {
 
 #[tokio::test]
 async fn grace_expiry_closes_what_is_left_and_exits_zero() {
-    let echo = Backend::start(Behaviour::Echo).await;
-    let dir = TempDir::new("grace");
-    let cfg = dir.write(
-        "rota.toml",
-        &config_for(echo.addr, "shutdown_grace = \"200ms\""),
-    );
-    let mut rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
-    let listen: SocketAddr = rota
-        .log_value("endpoint listening", "listen")
-        .await
-        .parse()
-        .unwrap();
-    let mut live = eventually("rota to accept", || async {
-        let mut s = TcpStream::connect(listen)
-            .await
-            .map_err(|e| e.to_string())?;
-        echo_roundtrip(&mut s, b"x")
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(s)
-    })
-    .await;
+    let LiveRota {
+        mut rota,
+        mut live,
+        _echo,
+        _dir,
+        ..
+    } = rota_with_a_live_connection("grace", "shutdown_grace = \"200ms\"").await;
     rota.signal("TERM");
     assert_eq!(rota.exit_code().await, Some(0), "{}", rota.stderr());
     assert!(
