@@ -22,7 +22,6 @@ use crate::rotation::Rotation;
 pub struct Balancer {
     endpoints: Vec<Arc<Endpoint>>,
     rotation: Arc<Rotation>,
-    metrics: Metrics,
     stop_accepting: CancellationToken,
     hard_stop: CancellationToken,
     workers: Vec<JoinHandle<()>>,
@@ -68,7 +67,7 @@ impl Balancer {
             }
             endpoints.push(ep);
         }
-        let rotation = Arc::new(Rotation::new(&endpoints, metrics.clone()));
+        let rotation = Arc::new(Rotation::new(&endpoints, metrics));
         let stop_accepting = CancellationToken::new();
         let hard_stop = CancellationToken::new();
         let mut threads = Vec::new();
@@ -96,7 +95,6 @@ impl Balancer {
         Ok(Balancer {
             endpoints,
             rotation,
-            metrics,
             stop_accepting,
             hard_stop,
             workers: threads,
@@ -113,10 +111,6 @@ impl Balancer {
 
     pub fn rotation(&self) -> &Arc<Rotation> {
         &self.rotation
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
     }
 
     /// Client connections open now, over all endpoints.

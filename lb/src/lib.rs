@@ -33,4 +33,4 @@ pub mod splice;
 pub use balancer::{Balancer, StartError};
 pub use endpoint::Endpoint;
 pub use pool::{Flow, PoolSnapshot};
-pub use rotation::{AdminAction, Probing, Rotation, RotationError, RotationInput, RotationSender};
+pub use rotation::{AdminAction, Probing, Rotation, RotationError, RotationInput};

@@ -293,11 +293,6 @@ impl PoolSnapshot {
             }
         }
     }
-
-    /// The member view by instance name.
-    pub fn member(&self, name: &str) -> Option<&MemberView> {
-        self.members.iter().find(|m| &*m.member.name == name)
-    }
 }
 
 #[cfg(test)]

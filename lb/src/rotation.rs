@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::endpoint::Endpoint;
@@ -80,6 +79,8 @@ struct MemberEntry {
     admin: AdminState,
     health: Health,
     in_rotation: bool,
+    /// Why it is (or is not) in rotation, as last published.
+    reason: String,
     transitions: Vec<Transition>,
 }
 
@@ -173,6 +174,7 @@ impl Rotation {
                     admin: AdminState::Enabled,
                     health,
                     in_rotation: false,
+                    reason: String::new(),
                     transitions: Vec::new(),
                 });
                 self.publish(es, now);
@@ -335,6 +337,7 @@ impl Rotation {
                     reason: reason.clone(),
                 });
             }
+            m.reason.clone_from(&reason);
             views.push(MemberView {
                 member: m.member.clone(),
                 admin: m.admin,
@@ -367,35 +370,6 @@ fn eligibility(admin: AdminState, health: &Health) -> (bool, String) {
         ),
         HealthState::Healthy => (true, format!("{}: {}", health.kind, health.last_result)),
         HealthState::Unhealthy => (false, format!("{}: {}", health.kind, health.last_result)),
-    }
-}
-
-/// A cloneable sender of rotation inputs, for producers that should not block
-/// (probes, the fabric's topology stream).
-#[derive(Clone)]
-pub struct RotationSender(mpsc::UnboundedSender<RotationInput>);
-
-impl RotationSender {
-    /// Queues an input; returns false if the balancer has stopped.
-    pub fn send(&self, input: RotationInput) -> bool {
-        self.0.send(input).is_ok()
-    }
-}
-
-impl Rotation {
-    /// A channel whose inputs are applied in order by a task on the current runtime.
-    pub fn channel(self: &Arc<Self>) -> RotationSender {
-        let (tx, mut rx) = mpsc::unbounded_channel::<RotationInput>();
-        let rotation = self.clone();
-        tokio::spawn(async move {
-            while let Some(input) = rx.recv().await {
-                if let Err(e) = rotation.apply(input) {
-                    // An instance that left while its probe report was in flight.
-                    tracing::debug!(error = %e, "rotation input ignored");
-                }
-            }
-        });
-        RotationSender(tx)
     }
 }
 
@@ -477,42 +451,39 @@ impl Rotation {
                     instances: es
                         .members
                         .iter()
-                        .map(|m| {
-                            let view = snapshot.member(&m.member.name);
-                            InstanceStatus {
-                                name: m.member.name.to_string(),
-                                address: m.member.addr.to_string(),
-                                weight: m.member.weight,
-                                in_rotation: m.in_rotation,
-                                reason: view.map(|v| v.reason.clone()).unwrap_or_default(),
-                                admin: match m.admin {
-                                    AdminState::Enabled => "enabled",
-                                    AdminState::Drained => "drained",
+                        .map(|m| InstanceStatus {
+                            name: m.member.name.to_string(),
+                            address: m.member.addr.to_string(),
+                            weight: m.member.weight,
+                            in_rotation: m.in_rotation,
+                            reason: m.reason.clone(),
+                            admin: match m.admin {
+                                AdminState::Enabled => "enabled",
+                                AdminState::Drained => "drained",
+                            },
+                            health: HealthStatus {
+                                state: match m.health.state {
+                                    HealthState::Unprobed => "unprobed",
+                                    HealthState::Awaiting => "awaiting",
+                                    HealthState::Assumed => "assumed",
+                                    HealthState::Healthy => "healthy",
+                                    HealthState::Unhealthy => "unhealthy",
                                 },
-                                health: HealthStatus {
-                                    state: match m.health.state {
-                                        HealthState::Unprobed => "unprobed",
-                                        HealthState::Awaiting => "awaiting",
-                                        HealthState::Assumed => "assumed",
-                                        HealthState::Healthy => "healthy",
-                                        HealthState::Unhealthy => "unhealthy",
-                                    },
-                                    probe: m.health.kind.clone(),
-                                    last_result: m.health.last_result.clone(),
-                                    last_success_unix_ms: m.health.last_success.map(unix_ms),
-                                },
-                                active_connections: m.member.active(),
-                                connections_total: m.member.metrics.connections.get(),
-                                transitions: m
-                                    .transitions
-                                    .iter()
-                                    .map(|t| TransitionStatus {
-                                        at_unix_ms: unix_ms(t.at),
-                                        in_rotation: t.in_rotation,
-                                        reason: t.reason.clone(),
-                                    })
-                                    .collect(),
-                            }
+                                probe: m.health.kind.clone(),
+                                last_result: m.health.last_result.clone(),
+                                last_success_unix_ms: m.health.last_success.map(unix_ms),
+                            },
+                            active_connections: m.member.active(),
+                            connections_total: m.member.metrics.connections.get(),
+                            transitions: m
+                                .transitions
+                                .iter()
+                                .map(|t| TransitionStatus {
+                                    at_unix_ms: unix_ms(t.at),
+                                    in_rotation: t.in_rotation,
+                                    reason: t.reason.clone(),
+                                })
+                                .collect(),
                         })
                         .collect(),
                     leaving: es
