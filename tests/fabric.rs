@@ -69,11 +69,7 @@ ready_deadline = "20s"
             "--admin",
             "127.0.0.1:0",
         ]);
-        self.admin = p
-            .log_value("fabric admin listening", "admin")
-            .await
-            .parse()
-            .unwrap();
+        self.admin = p.log_addr("fabric admin listening", "admin").await;
         self.process = Some(p);
     }
 

@@ -54,6 +54,18 @@ ready_deadline = "30s"
     )
 }
 
+/// `rota fabric run` on `cfg`: a fabric without a balancer.
+fn fabric_run(cfg: &std::path::Path) -> RotaProcess {
+    RotaProcess::spawn(&[
+        "fabric",
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--admin",
+        "127.0.0.1:0",
+    ])
+}
+
 async fn in_rotation(admin: SocketAddr) -> usize {
     let eps = endpoints_json(admin).await;
     eps["endpoints"][0]["instances"]
@@ -98,15 +110,9 @@ async fn a_rolling_update_under_load_fails_no_request_and_never_downs_two_update
     let cfg = config(&dir, 5, "stop_instances_on_exit = true");
     let rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
     let admin: SocketAddr = rota
-        .log_value("admin API and /metrics listening", "admin")
-        .await
-        .parse()
-        .unwrap();
-    let addr: SocketAddr = rota
-        .log_value("endpoint listening", "listen")
-        .await
-        .parse()
-        .unwrap();
+        .log_addr("admin API and /metrics listening", "admin")
+        .await;
+    let addr: SocketAddr = rota.log_addr("endpoint listening", "listen").await;
     await_in_rotation(admin, 5).await;
     // The fabric's own view (from heartbeats) may lag the balancer's probes.
     eventually_within(SLOW, "the fabric to see five Ready instances", || async {
@@ -231,30 +237,13 @@ async fn a_rolling_update_under_load_fails_no_request_and_never_downs_two_update
 async fn the_balancer_keeps_serving_when_the_fabric_dies_and_a_new_fabric_readopts_the_instances() {
     let dir = TempDir::new("external");
     let cfg = config(&dir, 3, "external = true");
-    let fabric = RotaProcess::spawn(&[
-        "fabric",
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--admin",
-        "127.0.0.1:0",
-    ]);
-    let fabric_admin: SocketAddr = fabric
-        .log_value("fabric admin listening", "admin")
-        .await
-        .parse()
-        .unwrap();
+    let fabric = fabric_run(&cfg);
+    let fabric_admin: SocketAddr = fabric.log_addr("fabric admin listening", "admin").await;
     let lb = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
     let admin: SocketAddr = lb
-        .log_value("admin API and /metrics listening", "admin")
-        .await
-        .parse()
-        .unwrap();
-    let addr: SocketAddr = lb
-        .log_value("endpoint listening", "listen")
-        .await
-        .parse()
-        .unwrap();
+        .log_addr("admin API and /metrics listening", "admin")
+        .await;
+    let addr: SocketAddr = lb.log_addr("endpoint listening", "listen").await;
     await_in_rotation(admin, 3).await;
 
     let pids = |s: &Value| -> Vec<u64> {
@@ -286,19 +275,8 @@ async fn the_balancer_keeps_serving_when_the_fabric_dies_and_a_new_fabric_readop
     assert_eq!(in_rotation(admin).await, 3);
 
     // A new fabric on the same state folder adopts the running instances.
-    let again = RotaProcess::spawn(&[
-        "fabric",
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--admin",
-        "127.0.0.1:0",
-    ]);
-    let again_admin: SocketAddr = again
-        .log_value("fabric admin listening", "admin")
-        .await
-        .parse()
-        .unwrap();
+    let again = fabric_run(&cfg);
+    let again_admin: SocketAddr = again.log_addr("fabric admin listening", "admin").await;
     let after = eventually_within(SLOW, "the new fabric to adopt three instances", || async {
         let (_, s) = http_json("GET", again_admin, "/api/v1/fabric", None)
             .await
@@ -383,15 +361,9 @@ stop_instances_on_exit = true
     );
     let rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
     let admin: SocketAddr = rota
-        .log_value("admin API and /metrics listening", "admin")
-        .await
-        .parse()
-        .unwrap();
-    let addr: SocketAddr = rota
-        .log_value("endpoint listening", "listen")
-        .await
-        .parse()
-        .unwrap();
+        .log_addr("admin API and /metrics listening", "admin")
+        .await;
+    let addr: SocketAddr = rota.log_addr("endpoint listening", "listen").await;
     await_in_rotation(admin, 2).await;
     let mut seen = BTreeSet::new();
     for i in 0..20 {
@@ -448,15 +420,9 @@ async fn crash_busy_and_crash_loop_drive_rotation_through_the_guest_agent() {
     std::fs::write(&cfg, text).unwrap();
     let rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
     let admin: SocketAddr = rota
-        .log_value("admin API and /metrics listening", "admin")
-        .await
-        .parse()
-        .unwrap();
-    let addr: SocketAddr = rota
-        .log_value("endpoint listening", "listen")
-        .await
-        .parse()
-        .unwrap();
+        .log_addr("admin API and /metrics listening", "admin")
+        .await;
+    let addr: SocketAddr = rota.log_addr("endpoint listening", "listen").await;
     await_in_rotation(admin, 3).await;
     let address = |v: &Value| -> SocketAddr { v["address"].as_str().unwrap().parse().unwrap() };
     let history = || async {

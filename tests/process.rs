@@ -39,11 +39,7 @@ async fn rota_with_a_live_connection(tag: &str, top: &str) -> LiveRota {
     let dir = TempDir::new(tag);
     let cfg = dir.write("rota.toml", &config_for(echo.addr, top));
     let rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
-    let listen: SocketAddr = rota
-        .log_value("endpoint listening", "listen")
-        .await
-        .parse()
-        .unwrap();
+    let listen: SocketAddr = rota.log_addr("endpoint listening", "listen").await;
     let live = eventually("rota to accept", || async {
         let mut s = TcpStream::connect(listen)
             .await
@@ -192,11 +188,7 @@ async fn accept_survives_running_out_of_file_descriptors() {
     let dir = TempDir::new("emfile");
     let cfg = dir.write("rota.toml", &config_for(hold.addr, "workers = 1"));
     let rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
-    let listen: SocketAddr = rota
-        .log_value("endpoint listening", "listen")
-        .await
-        .parse()
-        .unwrap();
+    let listen: SocketAddr = rota.log_addr("endpoint listening", "listen").await;
     // Leave rota room for a handful of connections only.
     let status = std::process::Command::new("prlimit")
         .args(["--pid", &rota.pid().to_string(), "--nofile=48:48"])
@@ -372,11 +364,7 @@ async fn sighup_reloads_pools_without_cutting_connections_and_a_bad_file_changes
     };
     let cfg = write(&[("a", a.addr)]);
     let rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
-    let listen: SocketAddr = rota
-        .log_value("endpoint listening", "listen")
-        .await
-        .parse()
-        .unwrap();
+    let listen: SocketAddr = rota.log_addr("endpoint listening", "listen").await;
     let (first, mut open) = eventually("rota to accept", || async {
         greeted(listen).await.map_err(|e| e.to_string())
     })

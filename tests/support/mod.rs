@@ -24,6 +24,30 @@ where
     eventually_within(DEADLINE, what, probe).await
 }
 
+/// Accepts on `listener` until `stop` fires, running `handle` on each
+/// connection in its own task; `stop` ends those tasks too.
+fn accept_until<F, Fut>(listener: TcpListener, stop: CancellationToken, handle: F)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+            };
+            let (work, stop) = (handle(stream), stop.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = work => {}
+                }
+            });
+        }
+    });
+}
+
 /// What a test backend does with a connection.
 #[derive(Clone)]
 pub enum Behaviour {
@@ -61,27 +85,13 @@ impl Backend {
         let closed = Arc::new(AtomicUsize::new(0));
         let heard = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
-        let (a, c, h, s) = (
-            accepted.clone(),
-            closed.clone(),
-            heard.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    _ = s.cancelled() => break,
-                    r = listener.accept() => match r { Ok((st, _)) => st, Err(_) => continue },
-                };
-                a.fetch_add(1, Ordering::SeqCst);
-                let (b, c, h, s) = (behaviour.clone(), c.clone(), h.clone(), s.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = s.cancelled() => {}
-                        _ = handle(b, stream, h) => {}
-                    }
-                    c.fetch_add(1, Ordering::SeqCst);
-                });
+        let (a, c, h) = (accepted.clone(), closed.clone(), heard.clone());
+        accept_until(listener, stop.clone(), move |stream| {
+            a.fetch_add(1, Ordering::SeqCst);
+            let (b, c, h) = (behaviour.clone(), c.clone(), h.clone());
+            async move {
+                handle(b, stream, h).await;
+                c.fetch_add(1, Ordering::SeqCst);
             }
         });
         Backend {
@@ -352,6 +362,14 @@ impl RotaProcess {
                 .ok_or(logs)
         })
         .await
+    }
+
+    /// [`RotaProcess::log_value`] parsed as a socket address.
+    pub async fn log_addr(&self, needle: &str, key: &str) -> SocketAddr {
+        let value = self.log_value(needle, key).await;
+        value
+            .parse()
+            .unwrap_or_else(|e| panic!("{key}={value:?} on {needle:?} is not an address: {e}"))
     }
 
     pub fn signal(&self, sig: &str) {
@@ -627,26 +645,10 @@ impl HttpBackend {
         let health = Arc::new(std::sync::atomic::AtomicU16::new(200));
         let served = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
-        let (h, sv, st, name) = (
-            health.clone(),
-            served.clone(),
-            stop.clone(),
-            name.to_owned(),
-        );
-        tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    _ = st.cancelled() => break,
-                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
-                };
-                let (h, sv, st, name) = (h.clone(), sv.clone(), st.clone(), name.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = st.cancelled() => {}
-                        _ = serve_http(stream, &name, &h, &sv) => {}
-                    }
-                });
-            }
+        let (h, sv, name) = (health.clone(), served.clone(), name.to_owned());
+        accept_until(listener, stop.clone(), move |stream| {
+            let (h, sv, name) = (h.clone(), sv.clone(), name.clone());
+            async move { serve_http(stream, &name, &h, &sv).await }
         });
         HttpBackend {
             addr,
