@@ -9,12 +9,7 @@ use tokio::net::TcpStream;
 #[tokio::test]
 async fn metrics_count_traffic_and_parse_as_prometheus_text() {
     let echo = Backend::start(Behaviour::Echo).await;
-    let rota = start_rota(&format!(
-        "{}{}",
-        endpoint_toml(""),
-        pool_toml("web", &[echo.addr])
-    ))
-    .await;
+    let rota = start_rota_over("", &[echo.addr]).await;
     let addr = rota.endpoint_addr("web").unwrap();
     for _ in 0..3 {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -81,12 +76,7 @@ async fn metrics_count_traffic_and_parse_as_prometheus_text() {
 #[tokio::test]
 async fn admin_api_names_what_it_cannot_find() {
     let echo = Backend::start(Behaviour::Echo).await;
-    let rota = start_rota(&format!(
-        "{}{}",
-        endpoint_toml(""),
-        pool_toml("web", &[echo.addr])
-    ))
-    .await;
+    let rota = start_rota_over("", &[echo.addr]).await;
     let admin = rota.admin_addr();
     let (status, body) = http("POST", admin, "/api/v1/endpoints/web/instances/nope/drain").await;
     assert_eq!(status, 404);

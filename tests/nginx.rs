@@ -96,12 +96,7 @@ async fn keep_alive_requests_through_rota_reach_a_real_nginx() {
             .map_err(|e| e.to_string())
     })
     .await;
-    let rota = start_rota(&format!(
-        "{}{}",
-        endpoint_toml(""),
-        pool_toml("web", &[upstream])
-    ))
-    .await;
+    let rota = start_rota_over("", &[upstream]).await;
     let addr = rota.endpoint_addr("web").unwrap();
     for c in 0..4 {
         let mut conn = BufReader::new(TcpStream::connect(addr).await.unwrap());

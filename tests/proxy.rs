@@ -29,12 +29,7 @@ fn checksum(bytes: &[u8]) -> u64 {
 }
 
 async fn one_backend_rota(backend: SocketAddr, extra: &str) -> rota::Rota {
-    start_rota(&format!(
-        "{}{}",
-        endpoint_toml(extra),
-        pool_toml("web", &[backend])
-    ))
-    .await
+    start_rota_over(extra, &[backend]).await
 }
 
 #[tokio::test]
@@ -126,13 +121,10 @@ async fn a_refused_instance_is_skipped_for_the_next_one() {
         l.local_addr().unwrap()
         // dropped here: connecting to it is refused
     };
-    let rota = start_rota(&format!(
-        "{}{}",
-        endpoint_toml(
-            "distribution = \"round-robin\"\nconnect_attempts = 2\nconnect_timeout = \"1s\""
-        ),
-        pool_toml("web", &[dead, live.addr])
-    ))
+    let rota = start_rota_over(
+        "distribution = \"round-robin\"\nconnect_attempts = 2\nconnect_timeout = \"1s\"",
+        &[dead, live.addr],
+    )
     .await;
     let addr = rota.endpoint_addr("web").unwrap();
     for i in 0..20 {

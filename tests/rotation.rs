@@ -18,12 +18,7 @@ async fn greeters(n: usize) -> Vec<Backend> {
 
 async fn rota_over(backends: &[Backend], extra: &str) -> rota::Rota {
     let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
-    start_rota(&format!(
-        "{}{}",
-        endpoint_toml(extra),
-        pool_toml("web", &addrs)
-    ))
-    .await
+    start_rota_over(extra, &addrs).await
 }
 
 #[tokio::test]

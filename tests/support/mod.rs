@@ -192,6 +192,17 @@ pub async fn start_rota(toml: &str) -> rota::Rota {
     rota::Rota::start(loaded.config).await.expect("rota starts")
 }
 
+/// Starts rota with one endpoint `web` (settings lines in `extra`) over a pool
+/// `web` of the given backends, named `web-<i>`.
+pub async fn start_rota_over(extra: &str, addrs: &[SocketAddr]) -> rota::Rota {
+    start_rota(&format!(
+        "{}{}",
+        endpoint_toml(extra),
+        pool_toml("web", addrs)
+    ))
+    .await
+}
+
 /// A `[[pool]]` block for the given backends, named `<pool>-<i>`.
 pub fn pool_toml(pool: &str, addrs: &[SocketAddr]) -> String {
     let mut s = format!("[[pool]]\nname = \"{pool}\"\n");
