@@ -29,25 +29,12 @@ const REBOOTS_BEFORE_MOVE: u32 = 2;
 /// How long a new agent gets to write `agent.json`.
 const AGENT_START_DEADLINE: Duration = Duration::from_secs(10);
 
-/// How the fabric runs; [`FabricSettings::from_config`] reads `[fabric]`.
+/// How the fabric runs: the operator's `[fabric]` settings, plus what the
+/// fabric derives or fixes itself.
 #[derive(Clone, Debug)]
 pub struct FabricSettings {
-    pub state_dir: PathBuf,
-    /// Default 5 s: how often every agent is asked for its status.
-    pub heartbeat_interval: Duration,
-    /// Default 3: missed heartbeats in a row before a reboot.
-    pub heartbeat_misses: u32,
-    /// Default 5 min.
-    pub shutdown_grace: Duration,
-    /// Default 15 min.
-    pub ready_deadline: Duration,
-    /// Default 2 s: out of rotation this long before the processes are stopped.
-    pub drain_delay: Duration,
-    pub update_mode: UpdateMode,
-    /// Fault domains of the fabric (default 2).
-    pub fault_domains: u32,
-    /// Hosts created per fault domain at start (default 3).
-    pub hosts_per_fault_domain: u32,
+    /// `[fabric]` as validated (fault-domain and host counts at least 1).
+    pub config: FabricConfig,
     /// The `rota` binary: runs the guest agents, and replaces a role command's
     /// program when it is spelled `rota`. Default: the running executable.
     pub rota_program: PathBuf,
@@ -65,16 +52,11 @@ impl FabricSettings {
     pub fn from_config(config: &FabricConfig) -> FabricSettings {
         let probe = (config.heartbeat_interval / 5)
             .clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut config = config.clone();
+        config.fault_domains = config.fault_domains.max(1);
+        config.hosts_per_fault_domain = config.hosts_per_fault_domain.max(1);
         FabricSettings {
-            state_dir: config.state_dir.clone(),
-            heartbeat_interval: config.heartbeat_interval,
-            heartbeat_misses: config.heartbeat_misses,
-            shutdown_grace: config.shutdown_grace,
-            ready_deadline: config.ready_deadline,
-            drain_delay: config.drain_delay,
-            update_mode: config.update_mode,
-            fault_domains: config.fault_domains.max(1),
-            hosts_per_fault_domain: config.hosts_per_fault_domain.max(1),
+            config,
             rota_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("rota")),
             agent_probe_interval: probe,
             crash_limit: 5,
@@ -427,7 +409,7 @@ impl Ticket {
 }
 
 impl Fabric {
-    /// Starts the fabric on `settings.state_dir`. With a state file there, the
+    /// Starts the fabric on `settings.config.state_dir`. With a state file there, the
     /// instances still running are re-adopted (same processes) and the others
     /// restarted; then `roles` are reconciled: new roles are deployed, changed
     /// counts scaled, and a changed command rolled out as an update.
@@ -437,16 +419,16 @@ impl Fabric {
         registry: &prometheus::Registry,
     ) -> Result<Fabric, FabricError> {
         let io = |e: std::io::Error| FabricError::Io(e.to_string());
-        std::fs::create_dir_all(&settings.state_dir).map_err(io)?;
-        let state_file = settings.state_dir.join("state.json");
+        std::fs::create_dir_all(&settings.config.state_dir).map_err(io)?;
+        let state_file = settings.config.state_dir.join("state.json");
         let mut state: State = match std::fs::read(&state_file) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| FabricError::Io(format!("{}: {e}", state_file.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(io(e)),
         };
-        for fd in 0..settings.fault_domains {
-            for h in 0..settings.hosts_per_fault_domain {
+        for fd in 0..settings.config.fault_domains {
+            for h in 0..settings.config.hosts_per_fault_domain {
                 let name = format!("fd{fd}-host{h}");
                 if !state.hosts.iter().any(|x| x.name == name) {
                     state.hosts.push(HostSlot {
@@ -530,7 +512,7 @@ impl Fabric {
 
     /// The topology file instances read (`<state_dir>/topology.json`).
     pub fn topology_file(&self) -> PathBuf {
-        self.shared.settings.state_dir.join("topology.json")
+        self.shared.settings.config.state_dir.join("topology.json")
     }
 
     /// Everything about the fabric, for the API.
@@ -566,7 +548,7 @@ impl Fabric {
         let operation = self.shared.progress.lock().unwrap().clone();
         serde_json::json!({
             "version": st.version,
-            "state_dir": self.shared.settings.state_dir,
+            "state_dir": self.shared.settings.config.state_dir,
             "roles": roles,
             "hosts": hosts,
             "instances": instances,
@@ -682,7 +664,7 @@ impl Fabric {
     }
 
     fn persist(&self, st: &State, topology: &Topology) {
-        let dir = &self.shared.settings.state_dir;
+        let dir = &self.shared.settings.config.state_dir;
         let write = |name: &str, bytes: Vec<u8>| {
             if let Err(e) = os::write_atomic(&dir.join(name), &bytes) {
                 warn!(file = name, error = %e, "cannot write fabric state");
@@ -736,21 +718,32 @@ impl Fabric {
     }
 
     fn instance_dir(&self, name: &str) -> PathBuf {
-        self.shared.settings.state_dir.join("instances").join(name)
+        self.shared
+            .settings
+            .config
+            .state_dir
+            .join("instances")
+            .join(name)
     }
 
     fn disk_dir(&self, name: &str, generation: u64) -> PathBuf {
         self.shared
             .settings
+            .config
             .state_dir
             .join("disks")
             .join(format!("{name}.{generation}"))
     }
 
     fn base_dir(&self, spec: &RoleSpec) -> PathBuf {
-        spec.base_image
-            .clone()
-            .unwrap_or_else(|| self.shared.settings.state_dir.join("base").join(&spec.name))
+        spec.base_image.clone().unwrap_or_else(|| {
+            self.shared
+                .settings
+                .config
+                .state_dir
+                .join("base")
+                .join(&spec.name)
+        })
     }
 
     // ----- processes -----
@@ -827,7 +820,7 @@ impl Fabric {
             ])
             .args([
                 "--grace",
-                &format!("{}ms", s.shutdown_grace.as_millis().max(1)),
+                &format!("{}ms", s.config.shutdown_grace.as_millis().max(1)),
             ])
             .args(["--crash-limit", &s.crash_limit.to_string()])
             .args([
@@ -967,7 +960,7 @@ impl Fabric {
             AgentState::Stopping,
             &format!("{} for {reason}", names.join(", ")),
         );
-        tokio::time::sleep(self.shared.settings.drain_delay).await;
+        tokio::time::sleep(self.shared.settings.config.drain_delay).await;
         let mut set = JoinSet::new();
         for name in names {
             let (f, name) = (self.clone(), name.clone());
@@ -991,7 +984,7 @@ impl Fabric {
     async fn relocate(&self, name: &str) -> Result<(), FabricError> {
         self.set_managed(&[name.to_string()], true);
         self.kill_instance(name).await;
-        let fds = self.shared.settings.fault_domains;
+        let fds = self.shared.settings.config.fault_domains;
         self.change(&format!("{name} moving"), |st| {
             let r = st.record(name)?.clone();
             let spec = st.role(&r.role)?.spec.clone();
@@ -1093,9 +1086,9 @@ impl Fabric {
     /// its instance rebooted, and after repeated reboots moved.
     async fn heartbeats(&self) {
         let s = &self.shared.settings;
-        let attempt =
-            (s.heartbeat_interval / 2).clamp(Duration::from_millis(100), Duration::from_secs(2));
-        let mut tick = tokio::time::interval(s.heartbeat_interval);
+        let attempt = (s.config.heartbeat_interval / 2)
+            .clamp(Duration::from_millis(100), Duration::from_secs(2));
+        let mut tick = tokio::time::interval(s.config.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -1220,7 +1213,7 @@ impl Fabric {
                     }
                     r.misses += 1;
                     let gone = r.agent_pid.is_none_or(|pid| !os::pid_alive(pid));
-                    if !gone && r.misses < self.shared.settings.heartbeat_misses {
+                    if !gone && r.misses < self.shared.settings.config.heartbeat_misses {
                         tracing::debug!(instance = name, misses = r.misses, %error, "missed heartbeat");
                         Action::None
                     } else {
@@ -1289,7 +1282,12 @@ impl Fabric {
                         spec: spec.clone(),
                         version: 1,
                     });
-                    Ok(add_instances(st, spec, spec.instances, s.fault_domains))
+                    Ok(add_instances(
+                        st,
+                        spec,
+                        spec.instances,
+                        s.config.fault_domains,
+                    ))
                 })?;
                 self.launch_all(&names, StartReason::FirstStart).await?;
                 Ok(report(
@@ -1323,7 +1321,12 @@ impl Fabric {
                         if let Some(r) = st.roles.iter_mut().find(|r| &r.spec.name == role) {
                             r.spec.instances = *instances;
                         }
-                        Ok(add_instances(st, &spec, *instances - n, s.fault_domains))
+                        Ok(add_instances(
+                            st,
+                            &spec,
+                            *instances - n,
+                            s.config.fault_domains,
+                        ))
                     })?;
                     self.launch_all(&names, StartReason::Scale).await?;
                     Ok(report(names, format!("{role} scaled out to {instances}")))
@@ -1341,11 +1344,11 @@ impl Fabric {
                         AgentState::Stopping,
                         &format!("scale {role} in: draining {}", names.join(", ")),
                     );
-                    tokio::time::sleep(s.drain_delay).await;
+                    tokio::time::sleep(s.config.drain_delay).await;
                     let mut set = JoinSet::new();
                     for name in names.clone() {
                         let f = self.clone();
-                        let grace = s.shutdown_grace;
+                        let grace = s.config.shutdown_grace;
                         set.spawn(async move { f.stop_instance(&name, grace).await });
                     }
                     while set.join_next().await.is_some() {}
@@ -1387,8 +1390,12 @@ impl Fabric {
                 } else {
                     StartReason::Reimage
                 };
-                self.recycle(std::slice::from_ref(instance), reason, s.shutdown_grace)
-                    .await?;
+                self.recycle(
+                    std::slice::from_ref(instance),
+                    reason,
+                    s.config.shutdown_grace,
+                )
+                .await?;
                 Ok(report(
                     vec![instance.clone()],
                     format!("{instance}: {reason} done"),
@@ -1494,7 +1501,7 @@ impl Fabric {
                         ud,
                     })
                     .collect();
-                let manual = mode.unwrap_or(s.update_mode) == UpdateMode::Manual;
+                let manual = mode.unwrap_or(s.config.update_mode) == UpdateMode::Manual;
                 self.run_walk(id, &steps, StartReason::Update, manual)
                     .await?;
                 Ok(report(
@@ -1605,10 +1612,10 @@ impl Fabric {
     ) -> Result<(), FabricError> {
         let s = &self.shared.settings;
         let plan = WalkPlan {
-            shutdown_grace: s.shutdown_grace,
-            ready_deadline: s.ready_deadline,
+            shutdown_grace: s.config.shutdown_grace,
+            ready_deadline: s.config.ready_deadline,
             manual,
-            poll: (s.heartbeat_interval / 4)
+            poll: (s.config.heartbeat_interval / 4)
                 .clamp(Duration::from_millis(20), Duration::from_secs(1)),
         };
         let actions = FabricSteps {
@@ -1665,11 +1672,11 @@ impl StepActions<Step> for FabricSteps {
             AgentState::Stopping,
             &format!("{step:?}: stopping {}", names.join(", ")),
         );
-        tokio::time::sleep(self.fabric.shared.settings.drain_delay).await;
+        tokio::time::sleep(self.fabric.shared.settings.config.drain_delay).await;
     }
 
     async fn stop(&self, step: &Step) {
-        let grace = self.fabric.shared.settings.shutdown_grace;
+        let grace = self.fabric.shared.settings.config.shutdown_grace;
         let mut set = JoinSet::new();
         for name in self.fabric.step_instances(step) {
             let f = self.fabric.clone();
