@@ -311,8 +311,7 @@ async fn the_balancer_keeps_serving_when_the_fabric_dies_and_a_new_fabric_readop
     }
     // A stopped fabric (SIGTERM) exits at once and leaves its instances serving.
     let mut again = again;
-    again.signal("TERM");
-    assert_eq!(again.exit_code().await, Some(0), "{}", again.stderr());
+    assert_eq!(again.stop().await, Some(0), "{}", again.stderr());
     for i in 0..10 {
         who(addr)
             .await

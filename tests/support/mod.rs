@@ -410,6 +410,17 @@ impl RotaProcess {
     }
 }
 
+impl RotaProcess {
+    /// SIGTERM and wait for the exit code. Prefer this to dropping a process
+    /// whose connections reach backends of the test's own runtime: `Drop`
+    /// blocks that runtime while it waits, so those backends cannot answer
+    /// the drain.
+    pub async fn stop(&mut self) -> Option<i32> {
+        self.signal("TERM");
+        self.exit_code().await
+    }
+}
+
 impl Drop for RotaProcess {
     /// SIGTERM first, so a demo or fabric stops the instances it started;
     /// SIGKILL if it has not exited within ten seconds.
