@@ -82,7 +82,11 @@ async fn await_in_rotation(admin: SocketAddr, n: usize) {
         if got == n {
             Ok(())
         } else {
-            Err(format!("{got} in rotation"))
+            let eps = endpoints_json(admin).await;
+            Err(format!(
+                "{got} in rotation: {}",
+                eps["endpoints"][0]["instances"]
+            ))
         }
     })
     .await;

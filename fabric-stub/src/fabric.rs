@@ -769,9 +769,9 @@ impl Fabric {
             }
             // A moved instance is on another "machine": a new address. Others
             // keep theirs while it is free, so the balancer's member stays put.
-            if reason == StartReason::Move || r.port == 0 || !port_free(r.port) {
-                r.port =
-                    free_port().map_err(|e| FabricError::Failed(format!("no free port: {e}")))?;
+            if reason == StartReason::Move || r.port == 0 || !os::port_free(r.port) {
+                r.port = os::free_port()
+                    .map_err(|e| FabricError::Failed(format!("no free port: {e}")))?;
             }
             r.managed = true;
             (r.clone(), role.spec, role.version, old_disk)
@@ -1847,19 +1847,6 @@ pub fn expand(
                 .replace("{base}", &base.display().to_string())
         })
         .collect()
-}
-
-/// A free loopback port: bound, read, released. The role binds it moments
-/// later; the small race is accepted (a role that cannot bind crashes and its
-/// agent restarts it; a reboot then picks another port).
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn port_free(port: u16) -> bool {
-    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 /// Waits for the agent of `incarnation` to write its file; fails early if the

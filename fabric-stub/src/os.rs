@@ -108,6 +108,65 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// A free loopback port for an instance, chosen below the kernel's ephemeral
+/// range. The role binds it moments later; an ephemeral port could be taken in
+/// between as the local end of any outgoing connection on the machine, and the
+/// role would then crash-loop on "address in use". Ports below the range are
+/// only ever taken by an explicit bind, which the check here sees. The search
+/// starts at a place that differs per process and per call, so two fabrics on
+/// one machine do not walk the same ports.
+pub fn free_port() -> std::io::Result<u16> {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if let Some((low, high)) = instance_port_range() {
+        let span = u64::from(high - low) + 1;
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.write_u64(CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            h.finish()
+        };
+        for i in 0..span.min(4096) {
+            let port = low + (seed.wrapping_add(i) % span) as u16;
+            if port_free(port) {
+                return Ok(port);
+            }
+        }
+    }
+    // No room outside the ephemeral range, or all of it taken: the kernel's choice.
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Instance ports: from 10000 up to just below the ephemeral range
+/// (`net.ipv4.ip_local_port_range`, 32768–60999 by default), or above it when
+/// the range starts too low; `None` when the range leaves no room.
+fn instance_port_range() -> Option<(u16, u16)> {
+    const LOW: u16 = 10000;
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
+    let mut bounds = range
+        .iter()
+        .flat_map(|s| s.split_whitespace())
+        .map(|v| v.parse::<u16>().ok());
+    let (lo, hi) = match (bounds.next().flatten(), bounds.next().flatten()) {
+        (Some(lo), Some(hi)) => (lo, hi),
+        _ => (32768, 60999),
+    };
+    if lo > LOW + 1000 {
+        Some((LOW, lo - 1))
+    } else if hi < u16::MAX - 1000 {
+        Some((hi + 1, u16::MAX))
+    } else {
+        None
+    }
+}
+
+/// Whether 127.0.0.1:`port` can be bound now.
+pub fn port_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +191,18 @@ mod tests {
         assert!(pid_alive(me));
         assert!(start_ticks(me).is_some());
         assert!(!pid_alive(u32::MAX - 1));
+    }
+
+    #[test]
+    fn instance_ports_are_free_and_outside_the_ephemeral_range() {
+        let (low, high) = instance_port_range().expect("room outside the ephemeral range");
+        let ports: std::collections::BTreeSet<u16> =
+            (0..20).map(|_| free_port().unwrap()).collect();
+        for &port in &ports {
+            assert!((low..=high).contains(&port), "{port} not in {low}..={high}");
+            assert!(port_free(port), "{port} was handed out but is taken");
+        }
+        // The search starts somewhere new each call.
+        assert!(ports.len() > 1, "every call gave the same port: {ports:?}");
     }
 }

@@ -175,14 +175,11 @@ async fn handle(b: Behaviour, mut s: TcpStream, heard: Arc<Mutex<Vec<usize>>>) {
     }
 }
 
-/// A free loopback port: bound, read back, released. Only for tools that
-/// cannot take port 0 themselves (nginx); a small race is accepted there.
+/// A free loopback port for tools that cannot take port 0 themselves (nginx):
+/// the fabric's choice, below the ephemeral range so that no test's outgoing
+/// connection can take it before the tool binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    rota_fabric::os::free_port().expect("a free loopback port")
 }
 
 /// Starts rota from TOML text (admin on port 0 unless the text sets it).
