@@ -41,14 +41,16 @@ pub enum MemberChange {
 
 /// The members of every role in `topology`: (role, instance) → (addr,
 /// agent, incarnation). A new incarnation (a reboot) re-joins, so its health
-/// starts over. Instances being stopped are not members: they drain.
+/// starts over. Instances being stopped are not members: they drain. An
+/// instance whose agent has not started yet is not one either: nothing could
+/// tell whether it is Ready, and Starting is not Ready.
 fn members(
     topology: &Topology,
 ) -> BTreeMap<(String, String), (SocketAddr, Option<SocketAddr>, u64)> {
     topology
         .instances
         .iter()
-        .filter(|i| i.is_member())
+        .filter(|i| i.is_member() && i.agent.is_some())
         .map(|i| {
             (
                 (i.role.clone(), i.name.clone()),
@@ -201,5 +203,10 @@ mod tests {
             ]
         );
         assert!(diff(&t2, &t2).is_empty());
+        // An instance whose agent is not up yet joins once the agent is known.
+        let mut starting = t1.clone();
+        starting.instances[1].agent = None;
+        assert_eq!(diff(&Topology::default(), &starting).len(), 1);
+        assert_eq!(diff(&starting, &t1).len(), 1);
     }
 }
