@@ -14,6 +14,8 @@
 
 use std::time::{Duration, Instant};
 
+use rota_config::ProbeConfig;
+
 use crate::Outcome;
 
 /// The timing of one probe, as configured.
@@ -29,6 +31,18 @@ pub struct Timing {
     pub rise: u32,
     /// Non-successes in a row that take a target out before `timeout`, if set.
     pub fall: Option<u32>,
+}
+
+impl From<&ProbeConfig> for Timing {
+    fn from(cfg: &ProbeConfig) -> Timing {
+        Timing {
+            interval: cfg.interval,
+            timeout: cfg.timeout,
+            attempt_timeout: cfg.attempt_timeout,
+            rise: cfg.rise,
+            fall: cfg.fall,
+        }
+    }
 }
 
 /// What the state machine concluded after an observation.
@@ -170,14 +184,9 @@ impl HealthState {
 mod tests {
     use super::*;
 
+    /// Azure's timing: 15 s interval, 31 s timeout, 5 s attempts, rise 1, no fall.
     fn timing() -> Timing {
-        Timing {
-            interval: Duration::from_secs(15),
-            timeout: Duration::from_secs(31),
-            attempt_timeout: Duration::from_secs(5),
-            rise: 1,
-            fall: None,
-        }
+        Timing::from(&ProbeConfig::guest_agent_default())
     }
 
     fn ok() -> Outcome {

@@ -209,14 +209,9 @@ mod tests {
     const HANG: u8 = 1;
     const REFUSE: u8 = 2;
 
+    /// Azure's timing: 15 s interval, 31 s timeout, 5 s attempts, rise 1, no fall.
     fn timing() -> Timing {
-        Timing {
-            interval: Duration::from_secs(15),
-            timeout: Duration::from_secs(31),
-            attempt_timeout: Duration::from_secs(5),
-            rise: 1,
-            fall: None,
-        }
+        Timing::from(&rota_config::ProbeConfig::guest_agent_default())
     }
 
     /// Starts the loop with a fake attempt whose behaviour the test switches.

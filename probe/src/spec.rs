@@ -10,14 +10,6 @@ use rustls_pki_types::ServerName;
 use crate::health::Timing;
 use crate::{tls, ProbeError};
 
-/// Azure's probe interval; mirrors rota-config's default for the agent probe an endpoint
-/// without a `[endpoint.probe]` table gets.
-const AGENT_DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
-/// Azure's probe timeout.
-const AGENT_DEFAULT_TIMEOUT: Duration = Duration::from_secs(31);
-/// Azure's attempt deadline bound.
-const AGENT_DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// What an attempt does.
 #[derive(Clone, Debug)]
 pub enum ProbeKind {
@@ -60,13 +52,7 @@ impl ProbeSpec {
     /// Builds a spec from a validated `[endpoint.probe]`: checks the timing once more,
     /// and for `https` loads the CA file and builds the TLS client configuration.
     pub fn from_config(cfg: &ProbeConfig) -> Result<ProbeSpec, ProbeError> {
-        let timing = Timing {
-            interval: cfg.interval,
-            timeout: cfg.timeout,
-            attempt_timeout: cfg.attempt_timeout,
-            rise: cfg.rise,
-            fall: cfg.fall,
-        };
+        let timing = Timing::from(cfg);
         let kind = match cfg.protocol {
             ProbeProtocol::GuestAgent => ProbeKind::GuestAgent,
             ProbeProtocol::Tcp => ProbeKind::Tcp,
@@ -97,17 +83,12 @@ impl ProbeSpec {
         Ok(ProbeSpec { kind, timing })
     }
 
-    /// The guest-agent probe at Azure's timing, for endpoints with no probe configured.
+    /// The guest-agent probe at Azure's timing (rota-config's defaults), for
+    /// endpoints with no probe configured.
     pub fn guest_agent_default() -> ProbeSpec {
         ProbeSpec {
             kind: ProbeKind::GuestAgent,
-            timing: Timing {
-                interval: AGENT_DEFAULT_INTERVAL,
-                timeout: AGENT_DEFAULT_TIMEOUT,
-                attempt_timeout: AGENT_DEFAULT_ATTEMPT_TIMEOUT,
-                rise: 1,
-                fall: None,
-            },
+            timing: Timing::from(&ProbeConfig::guest_agent_default()),
         }
     }
 
@@ -176,19 +157,12 @@ fn checked_path(path: &str) -> Result<String, ProbeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rota_config::TlsConfig;
 
     fn cfg(protocol: ProbeProtocol) -> ProbeConfig {
         ProbeConfig {
             protocol,
-            port: None,
             path: "/healthz".into(),
-            interval: Duration::from_secs(15),
-            timeout: Duration::from_secs(31),
-            attempt_timeout: Duration::from_secs(5),
-            rise: 1,
-            fall: None,
-            tls: TlsConfig::default(),
+            ..ProbeConfig::guest_agent_default()
         }
     }
 
