@@ -13,7 +13,6 @@
 //! The role process gets `ROTA_AGENT` (this address), `ROTA_INSTANCE`, `ROTA_ROLE`,
 //! `ROTA_PORT`, `ROTA_DISK`, `ROTA_BASE` and `ROTA_TOPOLOGY` in its environment.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -21,10 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use rota_probe::agent::{AgentState, AgentStatus, STATUS_PATH};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
@@ -352,7 +348,7 @@ async fn probe_role(args: &AgentArgs) -> bool {
         (args.probe_interval / 5 * 4).clamp(Duration::from_millis(50), Duration::from_secs(2));
     match &args.health_path {
         Some(path) => matches!(
-            crate::httpc::request(addr, "GET", path, None, deadline).await,
+            crate::http::request(addr, "GET", path, None, deadline).await,
             Ok((200, _))
         ),
         None => matches!(
@@ -370,28 +366,11 @@ async fn serve(
     server_stop: CancellationToken,
 ) {
     let args = Arc::new(args);
-    loop {
-        let stream = tokio::select! {
-            _ = server_stop.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-        };
+    crate::http::serve(listener, server_stop, move |req| {
         let (args, shared, stop) = (args.clone(), shared.clone(), stop.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (args, shared, stop) = (args.clone(), shared.clone(), stop.clone());
-                async move { Ok::<_, Infallible>(handle(&args, &shared, &stop, req).await) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        async move { handle(&args, &shared, &stop, req).await }
+    })
+    .await;
 }
 
 fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
@@ -474,7 +453,7 @@ fn status(args: &AgentArgs, shared: &Mutex<Shared>) -> FullStatus {
 
 /// Asks the agent at `agent` for its status within `timeout`.
 pub async fn fetch_status(agent: SocketAddr, timeout: Duration) -> Result<FullStatus, String> {
-    let (code, body) = crate::httpc::request(agent, "GET", STATUS_PATH, None, timeout).await?;
+    let (code, body) = crate::http::request(agent, "GET", STATUS_PATH, None, timeout).await?;
     if code != 200 {
         return Err(format!("agent {agent} answered http {code}"));
     }

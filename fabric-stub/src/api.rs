@@ -18,15 +18,11 @@
 //! else `202` with `{"operation": id}`; progress is in `GET /api/v1/fabric`.
 //! Errors: `{"error": "..."}` with 400, 404 or 409 (another operation runs).
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -203,28 +199,11 @@ pub async fn serve(
     registry: prometheus::Registry,
     stop: CancellationToken,
 ) {
-    loop {
-        let stream = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    crate::http::serve(listener, stop, move |req| {
         let (fabric, registry) = (fabric.clone(), registry.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (fabric, registry) = (fabric.clone(), registry.clone());
-                async move { Ok::<_, Infallible>(handle(&fabric, &registry, req).await) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        async move { handle(&fabric, &registry, req).await }
+    })
+    .await;
 }
 
 async fn handle(

@@ -127,7 +127,7 @@ pub async fn run(args: FabricArgs, shutdown: CancellationToken) -> Result<(), St
     let path = format!("{}{path}", crate::api::PREFIX);
     let body = body.map(|b| Bytes::from(b.to_string()));
     let (code, answer) =
-        crate::httpc::request(args.admin, method, &path, body, Duration::from_secs(30)).await?;
+        crate::http::request(args.admin, method, &path, body, Duration::from_secs(30)).await?;
     let text = match serde_json::from_slice::<serde_json::Value>(&answer) {
         Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
         Err(_) => String::from_utf8_lossy(&answer).into_owned(),

@@ -916,7 +916,7 @@ impl Fabric {
                 serde_json::json!({"grace_ms": grace.as_millis() as u64}).to_string(),
             );
             let asked =
-                crate::httpc::request(agent, "POST", STOP_PATH, Some(body), Duration::from_secs(2))
+                crate::http::request(agent, "POST", STOP_PATH, Some(body), Duration::from_secs(2))
                     .await
                     .is_ok();
             if asked {

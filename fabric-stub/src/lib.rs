@@ -40,14 +40,14 @@
 //! - [`cli`]: `rota fabric ...`.
 //! - [`web`]: the built-in web role, a small HTTP server that answers with its instance name.
 //! - [`os`]: `/proc` and `kill` helpers, atomic writes, time formatting.
-//! - `httpc`: a one-request HTTP client over hyper.
+//! - [`http`]: a one-request HTTP client and the servers' accept loop, over hyper.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod fabric;
-mod httpc;
+pub mod http;
 pub mod lifecycle;
 pub mod os;
 pub mod placement;

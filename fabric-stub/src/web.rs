@@ -12,7 +12,6 @@
 //! On stop it finishes the requests in flight (and closes idle keep-alive
 //! connections) before returning.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,14 +20,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::debug;
 
 /// What the web role can do beyond greeting; [`WebOptions::from_env`] reads it
 /// from the variables a guest agent sets.
@@ -81,43 +75,11 @@ pub async fn serve_with(
         options,
         hung: AtomicBool::new(false),
     });
-    let connections = TaskTracker::new();
-    loop {
-        let stream = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    debug!(%instance, error = %e, "web accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    crate::http::serve(listener, stop, move |req| {
         let role = role.clone();
-        let stop = stop.clone();
-        connections.spawn(async move {
-            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let role = role.clone();
-                async move { Ok::<_, Infallible>(handle(&role, req).await) }
-            });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-    // Stop accepting first (the listener is dropped here), then let requests
-    // in flight finish: a stopping instance never cuts a response short.
-    drop(listener);
-    connections.close();
-    connections.wait().await;
+        async move { handle(&role, req).await }
+    })
+    .await;
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -155,7 +117,7 @@ async fn handle(role: &Role, req: Request<hyper::body::Incoming>) -> Response<Fu
             } else {
                 crate::agent::READY_PATH
             };
-            match crate::httpc::request(agent, "POST", target, None, Duration::from_secs(2)).await {
+            match crate::http::request(agent, "POST", target, None, Duration::from_secs(2)).await {
                 Ok((200, body)) => text(StatusCode::OK, body),
                 Ok((code, _)) => text(StatusCode::BAD_GATEWAY, format!("agent answered {code}\n")),
                 Err(e) => text(StatusCode::BAD_GATEWAY, format!("{e}\n")),
