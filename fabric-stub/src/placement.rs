@@ -150,6 +150,21 @@ mod tests {
         }
     }
 
+    /// No host holds instances of two update domains (of the instances given).
+    fn assert_one_update_domain_per_host<'a>(placed: impl Iterator<Item = &'a Placed>, what: &str) {
+        let mut uds_on_host: HashMap<&str, HashSet<u32>> = HashMap::new();
+        for p in placed {
+            uds_on_host
+                .entry(&p.host)
+                .or_default()
+                .insert(p.update_domain);
+        }
+        assert!(
+            uds_on_host.values().all(|s| s.len() == 1),
+            "{what}: {uds_on_host:?}"
+        );
+    }
+
     #[test]
     fn update_domain_is_index_mod_n() {
         assert_eq!(
@@ -182,17 +197,7 @@ mod tests {
                     );
                     assert!(max <= n.div_ceil(2), "n={n}: {per_fd:?} over half");
                 }
-                let mut uds_on_host: HashMap<&str, HashSet<u32>> = HashMap::new();
-                for p in &placed {
-                    uds_on_host
-                        .entry(&p.host)
-                        .or_default()
-                        .insert(p.update_domain);
-                }
-                assert!(
-                    uds_on_host.values().all(|s| s.len() == 1),
-                    "a host holds two UDs: {uds_on_host:?}"
-                );
+                assert_one_update_domain_per_host(placed.iter(), "a host holds two UDs");
             }
         }
     }
@@ -215,17 +220,7 @@ mod tests {
         deploy("web", 5, 5, 2, &mut hs, &mut placed);
         deploy("worker", 3, 3, 2, &mut hs, &mut placed);
         for role in ["web", "worker"] {
-            let mut uds_on_host: HashMap<&str, HashSet<u32>> = HashMap::new();
-            for p in placed.iter().filter(|p| p.role == role) {
-                uds_on_host
-                    .entry(&p.host)
-                    .or_default()
-                    .insert(p.update_domain);
-            }
-            assert!(
-                uds_on_host.values().all(|s| s.len() == 1),
-                "{role}: {uds_on_host:?}"
-            );
+            assert_one_update_domain_per_host(placed.iter().filter(|p| p.role == role), role);
         }
     }
 }

@@ -318,19 +318,29 @@ async fn hostile_one_byte_a_second() {
     assert_failed(&r, |reason| reason == "timeout after 60ms");
 }
 
-/// Writes a status line, then `len` bytes of one header, as fast as the probe reads.
-async fn huge_header(mut s: TcpStream, len: usize) {
-    let _ = read_head(&mut s).await;
-    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nX-Filler: ").await;
-    let chunk = vec![b'a'; 64 * 1024];
+/// Writes `head`, then `len` filler bytes in 64 KiB chunks, as fast as the
+/// probe reads; false when the probe hung up first.
+async fn head_then_filler(s: &mut TcpStream, head: &[u8], len: usize) -> bool {
+    if s.write_all(head).await.is_err() {
+        return false;
+    }
+    let chunk = vec![b'x'; 64 * 1024];
     let mut sent = 0;
     while sent < len {
         if s.write_all(&chunk).await.is_err() {
-            return;
+            return false;
         }
         sent += chunk.len();
     }
-    let _ = s.write_all(b"\r\nContent-Length: 0\r\n\r\n").await;
+    true
+}
+
+/// Writes a status line, then `len` bytes of one header.
+async fn huge_header(mut s: TcpStream, len: usize) {
+    let _ = read_head(&mut s).await;
+    if head_then_filler(&mut s, b"HTTP/1.1 200 OK\r\nX-Filler: ", len).await {
+        let _ = s.write_all(b"\r\nContent-Length: 0\r\n\r\n").await;
+    }
 }
 
 #[tokio::test]
@@ -344,15 +354,8 @@ async fn hostile_huge_body_is_not_read_by_http() {
     // An http probe only needs the status: a 10 MiB body does not matter.
     let r = first_report_against(ProbeProtocol::Http, |mut s| async move {
         let _ = read_head(&mut s).await;
-        let _ = s
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10485760\r\n\r\n")
-            .await;
-        let chunk = vec![b'x'; 64 * 1024];
-        for _ in 0..160 {
-            if s.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 10485760\r\n\r\n";
+        head_then_filler(&mut s, head, 10 << 20).await;
     })
     .await;
     assert_eq!(r.outcome, Outcome::Success, "{r:?}");
@@ -362,15 +365,9 @@ async fn hostile_huge_body_is_not_read_by_http() {
 async fn hostile_huge_body_to_guest_agent() {
     let r = first_report_against(ProbeProtocol::GuestAgent, |mut s| async move {
         let _ = read_head(&mut s).await;
-        let _ = s
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n{\"state\":\"Ready\",\"detail\":\"")
-            .await;
-        let chunk = vec![b'x'; 64 * 1024];
-        for _ in 0..16 {
-            if s.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
+        let head =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n{\"state\":\"Ready\",\"detail\":\"";
+        head_then_filler(&mut s, head, 1 << 20).await;
     })
     .await;
     assert_failed(&r, |reason| reason == "response too large");
