@@ -254,7 +254,7 @@ async fn crash_restarts_the_role_then_a_crash_loop_ends_failed() {
     let web0 = f.instance("web-0").await;
     let (addr, agent) = (addr_of(&web0, "addr"), addr_of(&web0, "agent"));
     let first_pid = agent_status(agent).await["role_pid"].as_u64().unwrap();
-    let _ = http("POST", addr, "/crash").await;
+    let _ = request("POST", addr, "/crash", None).await;
     let st = eventually_within(SLOW, "web-0 restarted and Ready", || async {
         let st = agent_status(agent).await;
         if st["state"] == "Ready" && st["role_pid"].as_u64() != Some(first_pid) {

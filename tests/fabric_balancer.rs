@@ -15,7 +15,34 @@ use support::*;
 const SLOW: Duration = Duration::from_secs(60);
 
 fn config(dir: &TempDir, instances: u32, extra_fabric: &str) -> std::path::PathBuf {
+    config_with_role(dir, "web", &web_role(instances, false), extra_fabric)
+}
+
+/// The `[[role]]` lines of `instances` built-in web instances over 5 update
+/// domains; `test_hooks` enables their `/crash` and `/hang`.
+fn web_role(instances: u32, test_hooks: bool) -> String {
     let rota = env!("CARGO_BIN_EXE_rota");
+    let env = if test_hooks {
+        r#""env", "ROTA_WEB_TEST_HOOKS=1", "#
+    } else {
+        ""
+    };
+    format!(
+        r#"instances = {instances}
+update_domains = 5
+command = [{env}"{rota}", "demo-backend", "--listen", "127.0.0.1:{{port}}", "--name", "{{instance}}"]"#
+    )
+}
+
+/// A balancer config with one endpoint in front of role `name` (its
+/// `[[role]]` lines besides the name in `role`), probed through the guest
+/// agents at test speed, and the fabric's state in `dir`.
+fn config_with_role(
+    dir: &TempDir,
+    name: &str,
+    role: &str,
+    extra_fabric: &str,
+) -> std::path::PathBuf {
     let state = dir.0.join("state");
     dir.write(
         "rota.toml",
@@ -24,9 +51,9 @@ fn config(dir: &TempDir, instances: u32, extra_fabric: &str) -> std::path::PathB
 listen = "127.0.0.1:0"
 
 [[endpoint]]
-name = "web"
+name = "{name}"
 listen = "127.0.0.1:0"
-pool = "web"
+pool = "{name}"
 
 [endpoint.probe]
 protocol = "guest-agent"
@@ -35,10 +62,8 @@ timeout = "1s"
 attempt_timeout = "80ms"
 
 [[role]]
-name = "web"
-instances = {instances}
-update_domains = 5
-command = ["{rota}", "demo-backend", "--listen", "127.0.0.1:{{port}}", "--name", "{{instance}}"]
+name = "{name}"
+{role}
 health_path = "/health"
 
 [fabric]
@@ -52,6 +77,16 @@ ready_deadline = "30s"
             state.display()
         ),
     )
+}
+
+/// Starts rota on `cfg`; returns it with its admin and endpoint addresses.
+async fn start(cfg: &std::path::Path) -> (RotaProcess, SocketAddr, SocketAddr) {
+    let rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
+    let admin = rota
+        .log_addr("admin API and /metrics listening", "admin")
+        .await;
+    let addr = rota.log_addr("endpoint listening", "listen").await;
+    (rota, admin, addr)
 }
 
 /// `rota fabric run` on `cfg`: a fabric without a balancer.
@@ -112,11 +147,7 @@ fn load(addr: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(usi
 async fn a_rolling_update_under_load_fails_no_request_and_never_downs_two_update_domains() {
     let dir = TempDir::new("rolling");
     let cfg = config(&dir, 5, "stop_instances_on_exit = true");
-    let rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
-    let admin: SocketAddr = rota
-        .log_addr("admin API and /metrics listening", "admin")
-        .await;
-    let addr: SocketAddr = rota.log_addr("endpoint listening", "listen").await;
+    let (_rota, admin, addr) = start(&cfg).await;
     await_in_rotation(admin, 5).await;
     // The fabric's own view (from heartbeats) may lag the balancer's probes.
     eventually_within(SLOW, "the fabric to see five Ready instances", || async {
@@ -243,11 +274,7 @@ async fn the_balancer_keeps_serving_when_the_fabric_dies_and_a_new_fabric_readop
     let cfg = config(&dir, 3, "external = true");
     let fabric = fabric_run(&cfg);
     let fabric_admin: SocketAddr = fabric.log_addr("fabric admin listening", "admin").await;
-    let lb = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
-    let admin: SocketAddr = lb
-        .log_addr("admin API and /metrics listening", "admin")
-        .await;
-    let addr: SocketAddr = lb.log_addr("endpoint listening", "listen").await;
+    let (_lb, admin, addr) = start(&cfg).await;
     await_in_rotation(admin, 3).await;
 
     let pids = |s: &Value| -> Vec<u64> {
@@ -329,44 +356,14 @@ async fn the_balancer_keeps_serving_when_the_fabric_dies_and_a_new_fabric_readop
 async fn nginx_runs_as_a_fabric_role_behind_the_balancer() {
     let dir = TempDir::new("nginx-role");
     let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nginx-role");
-    let cfg = dir.write(
-        "rota.toml",
-        &format!(
-            r#"[admin]
-listen = "127.0.0.1:0"
-
-[[endpoint]]
-name = "nginx"
-listen = "127.0.0.1:0"
-pool = "nginx"
-
-[endpoint.probe]
-protocol = "guest-agent"
-interval = "100ms"
-timeout = "1s"
-attempt_timeout = "80ms"
-
-[[role]]
-name = "nginx"
-instances = 2
+    let role = format!(
+        r#"instances = 2
 base_image = "{}"
-command = ["sh", "{{base}}/run-nginx.sh", "{{port}}", "{{disk}}", "{{instance}}"]
-health_path = "/health"
-
-[fabric]
-state_dir = "{}"
-heartbeat_interval = "200ms"
-stop_instances_on_exit = true
-"#,
-            base.display(),
-            dir.0.join("state").display()
-        ),
+command = ["sh", "{{base}}/run-nginx.sh", "{{port}}", "{{disk}}", "{{instance}}"]"#,
+        base.display()
     );
-    let rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
-    let admin: SocketAddr = rota
-        .log_addr("admin API and /metrics listening", "admin")
-        .await;
-    let addr: SocketAddr = rota.log_addr("endpoint listening", "listen").await;
+    let cfg = config_with_role(&dir, "nginx", &role, "stop_instances_on_exit = true");
+    let (_rota, admin, addr) = start(&cfg).await;
     await_in_rotation(admin, 2).await;
     let mut seen = BTreeSet::new();
     for i in 0..20 {
@@ -414,18 +411,13 @@ async fn left_and_returned(admin: SocketAddr, instance: &str, since: u64) {
 #[tokio::test]
 async fn crash_busy_and_crash_loop_drive_rotation_through_the_guest_agent() {
     let dir = TempDir::new("lifecycle");
-    let cfg = config(&dir, 3, "stop_instances_on_exit = true");
-    // The same config, with the web role's test hooks (/crash) switched on.
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "command = [\"",
-        "command = [\"env\", \"ROTA_WEB_TEST_HOOKS=1\", \"",
+    let cfg = config_with_role(
+        &dir,
+        "web",
+        &web_role(3, true),
+        "stop_instances_on_exit = true",
     );
-    std::fs::write(&cfg, text).unwrap();
-    let rota = RotaProcess::spawn(&["--config", cfg.to_str().unwrap()]);
-    let admin: SocketAddr = rota
-        .log_addr("admin API and /metrics listening", "admin")
-        .await;
-    let addr: SocketAddr = rota.log_addr("endpoint listening", "listen").await;
+    let (_rota, admin, addr) = start(&cfg).await;
     await_in_rotation(admin, 3).await;
     let address = |v: &Value| -> SocketAddr { v["address"].as_str().unwrap().parse().unwrap() };
     let history = || async {
@@ -459,7 +451,7 @@ async fn crash_busy_and_crash_loop_drive_rotation_through_the_guest_agent() {
     // Crash: the agent restarts the role; it leaves rotation and comes back.
     let web1 = address(&instance_json(admin, "web", "web-1").await);
     let crashed_at = unix_ms();
-    let _ = http("POST", web1, "/crash").await;
+    let _ = request("POST", web1, "/crash", None).await;
     left_and_returned(admin, "web-1", crashed_at).await;
     // The fabric learns of the agent's restart at its next heartbeat.
     eventually_within(SLOW, "the crash to be in the fabric's history", || async {
@@ -479,7 +471,7 @@ async fn crash_busy_and_crash_loop_drive_rotation_through_the_guest_agent() {
     // A crash loop ends in Failed, never in rotation; clients never notice.
     let web2 = address(&instance_json(admin, "web", "web-2").await);
     eventually_within(SLOW, "web-2 to end Failed after a crash loop", || async {
-        let _ = post_crash(web2).await;
+        let _ = request("POST", web2, "/crash", None).await;
         let v = instance_json(admin, "web", "web-2").await;
         if v["health"]["last_result"] == "agent: Failed" {
             Ok(())
@@ -496,14 +488,4 @@ async fn crash_busy_and_crash_loop_drive_rotation_through_the_guest_agent() {
             .unwrap_or_else(|e| panic!("request {i}: {e}"));
         assert_ne!(who, "hello from web-2");
     }
-}
-
-/// `POST /crash` when the role is up; connection errors mean it is down (restarting).
-async fn post_crash(addr: SocketAddr) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(
-        b"POST /crash HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    )
-    .await
 }

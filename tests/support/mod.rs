@@ -250,27 +250,26 @@ pub async fn read_line(s: &mut TcpStream) -> io::Result<String> {
     }
 }
 
-/// A plain HTTP/1.1 request to the admin API; returns status and body.
+/// One HTTP/1.1 request (hyper, through the fabric's client) with an optional
+/// body; returns status and body. Connection errors are `Err`.
+pub async fn request(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    body: Option<String>,
+) -> io::Result<(u16, String)> {
+    let (status, body) =
+        rota_fabric::http::request(addr, method, path, body.map(Into::into), DEADLINE)
+            .await
+            .map_err(io::Error::other)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A request to the admin API, which must answer; returns status and body.
 pub async fn http(method: &str, addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect admin");
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("send request");
-    let mut out = Vec::new();
-    tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+    request(method, addr, path, None)
         .await
-        .expect("admin answers")
-        .expect("read");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
 }
 
 /// The admin API's JSON for every endpoint.
@@ -590,35 +589,15 @@ where
     }
 }
 
-/// An HTTP/1.1 request with an optional JSON body; returns status and the body
-/// parsed as JSON (`Null` when it is not JSON). Connection errors are `Err`.
+/// A request with an optional JSON body; returns status and the body parsed
+/// as JSON (`Null` when it is not JSON). Connection errors are `Err`.
 pub async fn http_json(
     method: &str,
     addr: SocketAddr,
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> io::Result<(u16, serde_json::Value)> {
-    let mut s = TcpStream::connect(addr).await?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut out = Vec::new();
-    tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))??;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let (status, body) = request(method, addr, path, body.map(|b| b.to_string())).await?;
     Ok((
         status,
         serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
@@ -746,19 +725,10 @@ async fn serve_http(
     }
 }
 
-/// One `GET /` through `addr` on a fresh connection; returns the body's first line.
+/// One `GET /` through `addr` on a fresh connection; returns the body, trimmed.
 pub async fn who(addr: SocketAddr) -> io::Result<String> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut out = String::new();
-    tokio::time::timeout(DEADLINE, s.read_to_string(&mut out))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response"))??;
-    out.split("\r\n\r\n")
-        .nth(1)
-        .map(|b| b.trim().to_owned())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad response {out:?}")))
+    let (_, body) = request("GET", addr, "/", None).await?;
+    Ok(body.trim().to_owned())
 }
 
 /// Waits until the admin API shows `instance` on `endpoint` with `in_rotation == want`.
