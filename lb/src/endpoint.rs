@@ -139,12 +139,7 @@ pub async fn accept_loop(
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
                 endpoint.metrics.accepted.inc();
-                let span = tracing::debug_span!(
-                    "conn",
-                    endpoint = %endpoint.name,
-                    %peer,
-                    instance = tracing::field::Empty
-                );
+                let span = tracing::debug_span!("conn", endpoint = %endpoint.name, %peer);
                 tokio::spawn(proxy::serve(endpoint.clone(), stream, peer).instrument(span));
             }
             Err(e) if is_resource_exhaustion(&e) => {

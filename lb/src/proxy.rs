@@ -38,7 +38,6 @@ pub async fn serve(endpoint: Arc<Endpoint>, mut client: TcpStream, peer: SocketA
         Ok(picked) => picked,
         Err(reason) => return refuse(&endpoint, client, peer, reason),
     };
-    tracing::Span::current().record("instance", &*member.name);
     let _member_live = Live::new(&member.metrics.active);
     member.metrics.connections.inc();
     let end = copy::bidirectional(
@@ -49,12 +48,13 @@ pub async fn serve(endpoint: Arc<Endpoint>, mut client: TcpStream, peer: SocketA
         &member.metrics.received_bytes,
     )
     .await;
+    let instance = &*member.name;
     match end {
-        End::Closed => debug!("connection closed"),
+        End::Closed => debug!(instance, "connection closed"),
         End::IdleTimeout => {
-            debug!(idle_timeout = ?endpoint.idle_timeout, "idle timeout: closing both sides")
+            debug!(instance, idle_timeout = ?endpoint.idle_timeout, "idle timeout: closing both sides")
         }
-        End::Error(kind) => debug!(error = ?kind, "connection ended by an error"),
+        End::Error(kind) => debug!(instance, error = ?kind, "connection ended by an error"),
     }
 }
 
